@@ -1,0 +1,392 @@
+"""The GPU gate: which of this host's NVIDIA cards may run the DFC stages, and why.
+
+The DFC's optimizer runs on TensorFlow/CUDA. On some cards it works (A100), on others it hangs
+forever (L4, per the seed log), and without a usable card it silently falls back to the CPU,
+where quantization-aware fine-tuning takes hours per epoch. So before a build we read the cards
+and judge each one against the policy of the DFC image that will run (`tables.IMAGES`:
+`supported_compute`, `known_bad`, `min_driver`). The policy is data in the tables; this module
+only applies it.
+
+Reading the host:  `read_gpus()` asks NVML (nvidia-ml-py) and falls back to `nvidia-smi` when
+the NVML library is missing; a host without GPUs gives an empty `GpuInventory` with a note.
+Judging:           `judge(gpu, image)` -> `Verdict` (supported / refused / unknown).
+                   `check_card(name, compute, arch, driver)` answers without the card, for
+                   choosing which cloud GPU to rent.
+Choosing:          `choose_devices(inventory, image, allow_gpu=, cpu=)` -> `GpuChoice`, whose
+                   `device_ids` (UUIDs) go into the container's GPU request.
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import io
+import re
+import subprocess
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Callable, Optional, Sequence, Union
+
+from pipeline.errors import ToolchainError
+from pipeline.tables import DfcImage, get_arch
+
+# What the seed log measured for quantization-aware fine-tuning on a CPU: 417 steps at ~21 s,
+# "2:18:40" left for epoch 1 of 6 (tiny encoder, 3340 calibration entries).
+CPU_FINETUNE_EPOCH_ESTIMATE = "about 2 h 18 min per epoch"
+
+SMI_QUERY = ["index", "uuid", "name", "compute_cap", "memory.total", "driver_version"]
+SMI_ARGV = ["nvidia-smi", f"--query-gpu={','.join(SMI_QUERY)}", "--format=csv,noheader,nounits"]
+SMI_TIMEOUT_S = 30  # nvidia-smi can take seconds on a busy multi-GPU host; never wait forever
+
+# Card families per compute capability, only to make advice readable ("e.g. A100").
+_EXAMPLE_CARDS = {
+    (8, 0): "A100",
+    (8, 6): "A10/A10G/RTX 30xx",
+    (7, 5): "T4/RTX 20xx",
+    (6, 1): "GTX 10xx/P4/P40",
+    (6, 0): "P100",
+}
+
+SmiRunner = Callable[[Sequence[str]], str]
+
+
+class Status(str, enum.Enum):
+    SUPPORTED = "supported"
+    REFUSED = "refused"
+    UNKNOWN = "unknown"  # not known to work; treated as refused unless --allow-gpu
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One NVIDIA card as NVML (or nvidia-smi) reports it."""
+
+    index: int  # NVML/nvidia-smi index; -1 for a card described by hand (`check_card`)
+    uuid: str  # "GPU-xxxxxxxx-..."; "" when unknown
+    name: str  # e.g. "NVIDIA A100-SXM4-80GB"
+    compute: tuple[int, int]  # CUDA compute capability, e.g. (8, 0)
+    memory_mib: Optional[int] = None
+    driver: str = ""  # e.g. "535.104.05"; "" when unknown
+
+    @property
+    def compute_str(self) -> str:
+        return f"{self.compute[0]}.{self.compute[1]}"
+
+    @property
+    def driver_major(self) -> Optional[int]:
+        match = re.match(r"\s*(\d+)", self.driver)
+        return int(match.group(1)) if match else None
+
+    @property
+    def device_id(self) -> str:
+        """What the container's GPU request names: the UUID (stable), else the index."""
+        return self.uuid or str(self.index)
+
+    @property
+    def label(self) -> str:
+        where = f"GPU {self.index} " if self.index >= 0 else ""
+        return f"{where}{self.name} (compute {self.compute_str})"
+
+    def to_json(self) -> dict:
+        return {
+            "index": self.index,
+            "uuid": self.uuid,
+            "name": self.name,
+            "compute": self.compute_str,
+            "memory_mib": self.memory_mib,
+            "driver": self.driver,
+        }
+
+
+@dataclass(frozen=True)
+class GpuInventory:
+    """The host's cards and where the answer came from ("nvml", "nvidia-smi" or "none")."""
+
+    gpus: tuple[Gpu, ...]
+    source: str
+    note: str = ""  # why there are no GPUs, or how they were read
+
+    @property
+    def driver(self) -> str:
+        return self.gpus[0].driver if self.gpus else ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: Status
+    reason: str
+    advice: str = ""
+
+    @property
+    def supported(self) -> bool:
+        return self.status is Status.SUPPORTED
+
+    def message(self, gpu: Gpu, image: DfcImage) -> str:
+        """One sentence for the user, e.g. 'NVIDIA L4 (compute 8.9) is refused for ...: <reason>.'"""
+        what = {
+            Status.SUPPORTED: "is supported",
+            Status.REFUSED: "is refused",
+            Status.UNKNOWN: "is not known to work",
+        }[self.status]
+        text = f"{gpu.label} {what} for the {image.name} image (DFC {image.dfc_major}.x): {self.reason}."
+        return f"{text} {self.advice}".strip()
+
+
+@dataclass(frozen=True)
+class GpuChoice:
+    """What a build will run the DFC stages on."""
+
+    mode: str  # "gpu" | "cpu"
+    devices: tuple[Gpu, ...]  # empty in cpu mode
+    warnings: tuple[str, ...] = ()
+    verdicts: tuple[tuple[Gpu, Verdict], ...] = ()  # every card on the host, judged
+
+    @property
+    def device_ids(self) -> tuple[str, ...]:
+        """UUIDs for the container request (`StageCommand.gpu_device_ids`)."""
+        return tuple(g.device_id for g in self.devices)
+
+    @property
+    def indices(self) -> tuple[int, ...]:
+        return tuple(g.index for g in self.devices)
+
+    def to_json(self) -> dict:
+        return {
+            "mode": self.mode,
+            "devices": [g.to_json() for g in self.devices],
+            "device_ids": list(self.device_ids),
+            "warnings": list(self.warnings),
+            "verdicts": [
+                {"gpu": g.to_json(), "status": v.status.value, "reason": v.reason, "advice": v.advice}
+                for g, v in self.verdicts
+            ],
+        }
+
+
+# --- reading the host --------------------------------------------------------------------------
+
+
+def _text(value: Union[str, bytes]) -> str:
+    """nvidia-ml-py < 11.5 returns bytes, newer versions str."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _read_nvml(nvml: ModuleType) -> tuple[Gpu, ...]:
+    nvml.nvmlInit()
+    try:
+        driver = _text(nvml.nvmlSystemGetDriverVersion())
+        gpus = []
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
+            gpus.append(
+                Gpu(
+                    index=index,
+                    uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
+                    name=_text(nvml.nvmlDeviceGetName(handle)),
+                    compute=(int(major), int(minor)),
+                    memory_mib=int(nvml.nvmlDeviceGetMemoryInfo(handle).total) // (1 << 20),
+                    driver=driver,
+                )
+            )
+        return tuple(gpus)
+    finally:
+        nvml.nvmlShutdown()
+
+
+def run_nvidia_smi(argv: Sequence[str]) -> str:
+    """Run nvidia-smi and return stdout; raises FileNotFoundError when it is not installed."""
+    done = subprocess.run(
+        list(argv), capture_output=True, text=True, timeout=SMI_TIMEOUT_S, check=False
+    )
+    if done.returncode != 0:
+        raise subprocess.CalledProcessError(done.returncode, argv, done.stdout, done.stderr)
+    return done.stdout
+
+
+def parse_nvidia_smi(csv_text: str) -> tuple[Gpu, ...]:
+    """Parse `nvidia-smi --query-gpu=index,uuid,name,compute_cap,memory.total,driver_version
+    --format=csv,noheader,nounits` output, one card per line."""
+    gpus = []
+    for row in csv.reader(io.StringIO(csv_text), skipinitialspace=True):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) != len(SMI_QUERY):
+            raise ValueError(f"unexpected nvidia-smi line {','.join(row)!r}")
+        index, uuid, name, compute, memory, driver = (field.strip() for field in row)
+        major, _, minor = compute.partition(".")
+        gpus.append(
+            Gpu(
+                index=int(index),
+                uuid=uuid,
+                name=name,
+                compute=(int(major), int(minor or 0)),
+                memory_mib=int(memory) if memory.isdigit() else None,  # "[N/A]" on some cards
+                driver=driver,
+            )
+        )
+    return tuple(gpus)
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in (text or "").splitlines() if line.strip()), "")
+
+
+def _read_smi(smi: SmiRunner, why_not_nvml: str) -> GpuInventory:
+    try:
+        gpus = parse_nvidia_smi(smi(SMI_ARGV))
+    except FileNotFoundError:
+        return GpuInventory((), "none", f"{why_not_nvml}, and nvidia-smi is not installed: no NVIDIA GPU on this host")
+    except subprocess.CalledProcessError as err:
+        detail = _first_line(err.stderr) or _first_line(err.stdout) or f"exit code {err.returncode}"
+        return GpuInventory((), "none", f"{why_not_nvml}, and nvidia-smi failed: {detail}")
+    except subprocess.TimeoutExpired:
+        return GpuInventory((), "none", f"{why_not_nvml}, and nvidia-smi did not answer in {SMI_TIMEOUT_S} s")
+    except (OSError, ValueError) as err:
+        return GpuInventory((), "none", f"{why_not_nvml}, and nvidia-smi gave no usable answer: {err}")
+    if not gpus:
+        return GpuInventory((), "nvidia-smi", f"{why_not_nvml}; nvidia-smi lists no GPUs")
+    return GpuInventory(gpus, "nvidia-smi", f"{why_not_nvml}; read with nvidia-smi")
+
+
+def read_gpus(nvml: Optional[ModuleType] = None, smi: Optional[SmiRunner] = None) -> GpuInventory:
+    """The host's NVIDIA GPUs. Never raises for a host without GPUs, driver or NVML.
+
+    `nvml` is the pynvml module (injected by tests), `smi` runs nvidia-smi and returns stdout.
+    """
+    smi = smi or run_nvidia_smi
+    if nvml is None:
+        try:
+            import pynvml as nvml  # nvidia-ml-py
+        except ImportError:
+            return _read_smi(smi, "nvidia-ml-py is not installed")
+    try:
+        gpus = _read_nvml(nvml)
+    except nvml.NVMLError as err:
+        # LibraryNotFound (no driver installed), DriverNotLoaded, NoPermission, ...: the CLI may
+        # still work (e.g. a container with nvidia-smi but without libnvidia-ml on the path).
+        kind = type(err).__name__.replace("NVMLError_", "")
+        return _read_smi(smi, f"NVML unavailable ({kind}: {err})")
+    if not gpus:
+        return GpuInventory((), "nvml", "NVML answered but lists no GPUs")
+    return GpuInventory(gpus, "nvml", "")
+
+
+# --- judging -------------------------------------------------------------------------------------
+
+
+def _compute_list(image: DfcImage) -> str:
+    return ", ".join(f"{a}.{b}" for a, b in image.supported_compute)
+
+
+def _rent_advice(image: DfcImage) -> str:
+    examples = [name for cc, name in _EXAMPLE_CARDS.items() if cc in image.supported_compute]
+    cards = f" (e.g. {', '.join(examples)})" if examples else ""
+    return f"Use a card known to work{cards}, or --cpu (hours), or --allow-gpu to try this one anyway."
+
+
+def judge(gpu: Gpu, image: DfcImage) -> Verdict:
+    """Apply `image`'s GPU policy (tables.IMAGES) to one card.
+
+    Refused: a known-bad name (the table's reason and advice) or a driver below `min_driver`.
+    Supported: compute capability in `supported_compute`. Anything else: unknown.
+    """
+    reasons, advice = [], []
+    for bad in image.known_bad:
+        if re.search(bad.name_pattern, gpu.name, flags=re.IGNORECASE):
+            reasons.append(bad.reason)
+            advice.append(bad.advice)
+    driver_major = gpu.driver_major
+    if driver_major is not None and driver_major < image.min_driver:
+        reasons.append(
+            f"driver {gpu.driver} is older than {image.min_driver}, the minimum for this image (CUDA {image.cuda})"
+        )
+        advice.append(f"Update the NVIDIA driver to {image.min_driver} or newer.")
+    if reasons:
+        return Verdict(Status.REFUSED, "; ".join(reasons), " ".join(advice))
+    if gpu.compute in image.supported_compute:
+        return Verdict(Status.SUPPORTED, f"compute capability {gpu.compute_str} is documented to work")
+    return Verdict(
+        Status.UNKNOWN,
+        f"compute capability {gpu.compute_str} is not among those known to work ({_compute_list(image)})",
+        _rent_advice(image),
+    )
+
+
+def parse_compute(compute: Union[str, float, tuple[int, int]]) -> tuple[int, int]:
+    """'8.9' / 8.9 / (8, 9) -> (8, 9)."""
+    if isinstance(compute, tuple):
+        return int(compute[0]), int(compute[1])
+    match = re.fullmatch(r"\s*(\d+)\.(\d)\s*", str(compute))
+    if not match:
+        raise ToolchainError(
+            f"Compute capability {compute!r} is not of the form MAJOR.MINOR.",
+            "Pass it like 8.9 (see `nvidia-smi --query-gpu=compute_cap --format=csv` or NVIDIA's CUDA GPUs list).",
+        )
+    return int(match.group(1)), int(match.group(2))
+
+
+def check_card(name: str, compute, arch: str, driver: Union[str, int, None] = None) -> tuple[Gpu, Verdict]:
+    """Judge a card you don't have yet (e.g. before renting it) for a Hailo architecture.
+
+    Without `driver`, the driver rule is not applied.
+    """
+    image = get_arch(arch).dfc
+    if not str(name).strip():
+        raise ToolchainError("The GPU name is empty.", 'Pass the name NVML reports, e.g. --name "NVIDIA L4".')
+    gpu = Gpu(index=-1, uuid="", name=str(name).strip(), compute=parse_compute(compute),
+              driver="" if driver is None else str(driver))
+    return gpu, judge(gpu, image)
+
+
+# --- choosing ------------------------------------------------------------------------------------
+
+
+def choose_devices(
+    inventory: GpuInventory, image: DfcImage, *, allow_gpu: bool = False, cpu: bool = False
+) -> GpuChoice:
+    """Which devices the DFC stages use.
+
+    cpu: no GPU on purpose (warns that fine-tuning takes hours). Otherwise the supported cards;
+    with none supported, `allow_gpu` takes the unknown cards (else the refused ones) with a loud
+    warning, and without it the build is refused with every card's reason.
+    """
+    if cpu and allow_gpu:
+        raise ToolchainError("--cpu and --allow-gpu contradict each other.", "Pass only one of them.")
+    verdicts = tuple((g, judge(g, image)) for g in inventory.gpus)
+    if cpu:
+        return GpuChoice(
+            mode="cpu",
+            devices=(),
+            warnings=(
+                "--cpu: the DFC stages run on the CPU on purpose. Quantization-aware fine-tuning takes "
+                f"hours ({CPU_FINETUNE_EPOCH_ESTIMATE} for the tiny encoder in the seed log).",
+            ),
+            verdicts=verdicts,
+        )
+    if not inventory.gpus:
+        raise ToolchainError(
+            f"No NVIDIA GPU found ({inventory.note}).",
+            f"Build on a host with a supported GPU (compute capability {_compute_list(image)}, e.g. an "
+            "A100), or pass --cpu to run the DFC stages on the CPU on purpose (fine-tuning takes hours).",
+        )
+    supported = tuple(g for g, v in verdicts if v.supported)
+    skipped = tuple(
+        f"Not using {v.message(g, image)}" for g, v in verdicts if not v.supported
+    ) if supported else ()
+    if supported:
+        return GpuChoice(mode="gpu", devices=supported, warnings=skipped, verdicts=verdicts)
+    if allow_gpu:
+        unknown = tuple(g for g, v in verdicts if v.status is Status.UNKNOWN)
+        chosen = unknown or tuple(inventory.gpus)
+        warnings = tuple(
+            f"--allow-gpu: USING {g.label} ANYWAY. {v.message(g, image)} The optimizer may hang or fail; "
+            "the stage watchdog stops a stalled stage."
+            for g, v in verdicts
+            if g in chosen
+        )
+        return GpuChoice(mode="gpu", devices=chosen, warnings=warnings, verdicts=verdicts)
+    raise ToolchainError(
+        "No supported GPU for the "
+        f"{image.name} image: " + " ".join(v.message(g, image) for g, v in verdicts),
+        "(--allow-gpu tries the card anyway; --cpu runs on the CPU, which takes hours.)",
+    )
