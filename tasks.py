@@ -31,6 +31,64 @@ def _friendly_errors(fn):
 
 # --- foundation: GPU gate and doctor (pipeline/gpu.py, pipeline/doctor.py) -------------------
 
+
+@task(
+    help={
+        "arch": "Hailo architecture to build for: hailo8, hailo8l (DFC 3.x) or hailo10h (DFC 5.x).",
+        "vendor": "Folder holding your DFC wheel(s) from Hailo's Developer Zone (default: vendor).",
+        "build_dir": "Where builds write; its disk must have room (default: build).",
+        "cpu": "Plan to run the DFC stages on the CPU on purpose (fine-tuning then takes hours).",
+        "allow_gpu": "Accept a GPU the gate refuses or does not know (loud warning; it may hang).",
+        "no_docker": "Plan to run the stages natively: check the installed hailo_sdk_client instead of Docker.",
+        "json": "Print the report as JSON (for machines) instead of a table.",
+    }
+)
+@_friendly_errors
+def doctor(c, arch="hailo8l", vendor="vendor", build_dir="build", cpu=False, allow_gpu=False,
+           no_docker=False, json=False):
+    """List every blocker a build would hit, each with its fix.
+
+    Checks GPUs and the gate's decision, the driver, Docker Engine, NVIDIA container runtime,
+    the DFC wheel in vendor/, free disk and memory. Exits 1 when a build would fail.
+    """
+    from pathlib import Path
+
+    from pipeline.doctor import run_doctor
+
+    report = run_doctor(arch, vendor_dir=Path(vendor), build_dir=Path(build_dir), cpu=cpu,
+                        allow_gpu=allow_gpu, no_docker=no_docker)
+    if json:
+        print(report.to_json())
+    else:
+        report.render()
+    if not report.ok:
+        raise Exit(code=report.exit_code)
+
+
+@task(
+    help={
+        "name": 'GPU name as NVML/nvidia-smi reports it, e.g. "NVIDIA L4" or "NVIDIA A100-SXM4-80GB".',
+        "compute": "CUDA compute capability, e.g. 8.9 (L4) or 8.0 (A100).",
+        "arch": "Hailo architecture: hailo8, hailo8l (DFC 3.x) or hailo10h (DFC 5.x).",
+        "driver": "Optional NVIDIA driver version (e.g. 535); checked against the image's minimum.",
+    }
+)
+@_friendly_errors
+def gpu_check(c, name, compute, arch="hailo8l", driver=None):
+    """Judge a GPU for an arch without having the card (e.g. before renting one).
+
+    Prints the decision and reason; exits 0 when supported, 1 when refused or unknown.
+    Example: invoke gpu-check --name "NVIDIA L4" --compute 8.9 --arch hailo8l
+    """
+    from pipeline.gpu import check_card
+    from pipeline.tables import get_arch
+
+    gpu, verdict = check_card(name, compute, arch, driver)
+    print(f"{verdict.status.value}: {verdict.message(gpu, get_arch(arch).dfc)}")
+    if not verdict.supported:
+        raise Exit(code=1)
+
+
 # --- export (pipeline/export.py) --------------------------------------------------------------
 
 # --- calibration (calib/) ----------------------------------------------------------------------
