@@ -379,14 +379,17 @@ def choose_devices(
         unknown = tuple(g for g, v in verdicts if v.status is Status.UNKNOWN)
         chosen = unknown or tuple(inventory.gpus)
         warnings = tuple(
-            f"--allow-gpu: USING {g.label} ANYWAY. {v.message(g, image)} The optimizer may hang or fail; "
-            "the stage watchdog stops a stalled stage."
+            f"--allow-gpu: USING {g.label} ANYWAY although it is {v.status.value} for the "
+            f"{image.name} image: {v.reason}. The optimizer may hang or fail; the stage watchdog "
+            "stops a stalled stage."
             for g, v in verdicts
             if g in chosen
         )
         return GpuChoice(mode="gpu", devices=chosen, warnings=warnings, verdicts=verdicts)
+    advice = list(dict.fromkeys(v.advice for _, v in verdicts if v.advice))  # once each, in order
     raise ToolchainError(
-        "No supported GPU for the "
-        f"{image.name} image: " + " ".join(v.message(g, image) for g, v in verdicts),
-        "(--allow-gpu tries the card anyway; --cpu runs on the CPU, which takes hours.)",
+        f"No supported GPU for the {image.name} image (DFC {image.dfc_major}.x): "
+        + "; ".join(f"{g.label} is {v.status.value}: {v.reason}" for g, v in verdicts)
+        + ".",
+        " ".join(advice),
     )
