@@ -1,0 +1,102 @@
+"""Whisper's log-mel front end in numpy (no torch: calibration also runs in torch-free images).
+
+Exactly what openai/whisper `log_mel_spectrogram` and transformers' `WhisperFeatureExtractor`
+compute for one window of audio:
+
+    STFT: n_fft 400, hop 160, periodic Hann window, centred frames with reflect padding
+    power spectrum |X|^2 -> 80 Slaney-normalised mel filters on the Slaney mel scale (0..8 kHz)
+    log10(max(mel, 1e-10)), drop the last frame, floor at (max - 8), then (x + 4) / 4
+
+The filterbank and window are computed once per process (`mel_filters()` is cached).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from pipeline.tables import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE
+
+LOG_CLAMP = 1e-10  # log10 floor of the mel power (Whisper: clamp(min=1e-10))
+DYNAMIC_RANGE = 8.0  # log10 units kept below each window's maximum
+
+
+def _hz_to_mel_slaney(hz: np.ndarray) -> np.ndarray:
+    """Slaney mel scale (librosa htk=False): linear below 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = np.log(6.4) / 27.0
+    mels = hz / f_sp
+    above = hz >= min_log_hz
+    mels = np.where(above, min_log_mel + np.log(np.maximum(hz, min_log_hz) / min_log_hz) / logstep, mels)
+    return mels
+
+
+def _mel_to_hz_slaney(mels: np.ndarray) -> np.ndarray:
+    mels = np.asarray(mels, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = np.log(6.4) / 27.0
+    hz = f_sp * mels
+    above = mels >= min_log_mel
+    return np.where(above, min_log_hz * np.exp(logstep * (mels - min_log_mel)), hz)
+
+
+@functools.lru_cache(maxsize=None)
+def mel_filters(
+    n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE
+) -> np.ndarray:
+    """Slaney-normalised triangular mel filterbank, [n_fft // 2 + 1, n_mels] float64 (read-only).
+
+    Same values as librosa.filters.mel(sr, n_fft, n_mels) (transposed) and transformers'
+    mel_filter_bank(norm="slaney", mel_scale="slaney").
+    """
+    fft_freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    mel_edges = np.linspace(_hz_to_mel_slaney(0.0), _hz_to_mel_slaney(sample_rate / 2), n_mels + 2)
+    hz_edges = _mel_to_hz_slaney(mel_edges)  # [n_mels + 2]
+    widths = np.diff(hz_edges)  # [n_mels + 1]
+    slopes = hz_edges[None, :] - fft_freqs[:, None]  # [freqs, n_mels + 2]
+    down = -slopes[:, :-2] / widths[:-1]
+    up = slopes[:, 2:] / widths[1:]
+    filters = np.maximum(0.0, np.minimum(down, up))  # [freqs, n_mels]
+    # Slaney normalisation: each filter has unit area in Hz.
+    filters *= (2.0 / (hz_edges[2 : n_mels + 2] - hz_edges[:n_mels]))[None, :]
+    filters.setflags(write=False)
+    return filters
+
+
+@functools.lru_cache(maxsize=None)
+def _hann(n_fft: int = N_FFT) -> np.ndarray:
+    """Periodic Hann window (torch.hann_window / scipy 'hann' with sym=False), [n_fft] float64."""
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    window.setflags(write=False)
+    return window
+
+
+def log_mel(audio: np.ndarray) -> np.ndarray:
+    """Whisper log-mel of one or more equally long windows.
+
+    audio: [samples] or [batch, samples] float (16 kHz mono, typically seconds * 16000 samples)
+    returns: [frames, 80] or [batch, frames, 80] float32, frames = samples // 160
+    (time first, so a batch lays out directly as the DFC's NHWC [N, 1, frames, 80]).
+    """
+    audio = np.asarray(audio)
+    single = audio.ndim == 1
+    batch = np.atleast_2d(audio).astype(np.float64, copy=False)
+    if batch.shape[-1] < N_FFT // 2 + 1:
+        raise ValueError(f"log_mel needs at least {N_FFT // 2 + 1} samples, got {batch.shape[-1]}")
+    pad = N_FFT // 2
+    padded = np.pad(batch, ((0, 0), (pad, pad)), mode="reflect")  # centred frames, as torch.stft
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT, axis=-1)[:, ::HOP_LENGTH]
+    spectrum = np.fft.rfft(frames * _hann(), n=N_FFT, axis=-1)  # [batch, frames + 1, 201]
+    power = spectrum.real**2 + spectrum.imag**2
+    mel = power[:, :-1] @ mel_filters()  # Whisper drops the last STFT frame: [batch, frames, 80]
+    logmel = np.log10(np.maximum(mel, LOG_CLAMP))
+    peak = logmel.max(axis=(1, 2), keepdims=True)
+    logmel = np.maximum(logmel, peak - DYNAMIC_RANGE)
+    out = ((logmel + 4.0) / 4.0).astype(np.float32)
+    return out[0] if single else out
