@@ -91,6 +91,29 @@ def gpu_check(c, name, compute, arch="hailo8l", driver=None):
 
 # --- export (pipeline/export.py) --------------------------------------------------------------
 
+
+@task(
+    help={
+        "variant": "tiny, tiny.en, base or base.en (default tiny)",
+        "seconds": "encoder input length in seconds (default: tiny 10, base 5)",
+        "seq_len": "decoder sequence length (default: tiny 32, base 24)",
+        "model": "Hugging Face id, transformers directory or CTranslate2 folder (default: the variant's HF id)",
+        "out": "output directory (default build/<variant>-<arch>/export)",
+        "arch": "names the default output directory only (default hailo8l)",
+        "offline": "use the local Hugging Face cache only, never download",
+    }
+)
+@_friendly_errors
+def export(c, variant="tiny", seconds=None, seq_len=None, model=None, out=None, arch="hailo8l", offline=False):
+    """Export Whisper to Hailo-compatible encoder/decoder ONNX, with parity checks (pipeline/export.py)."""
+    from pipeline.export import export_whisper, make_config
+
+    config = make_config(variant, None if seconds is None else float(seconds),
+                         None if seq_len is None else int(seq_len), model, out, offline, arch)
+    result = export_whisper(config, log=lambda message: print(f"[export] {message}", flush=True))
+    print(f"export written to {result.export_json.parent}")
+
+
 # --- calibration (calib/) ----------------------------------------------------------------------
 
 # --- DFC stages (pipeline/dfc.py, pipeline/optimize.py, pipeline/compile.py) -------------------

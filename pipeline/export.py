@@ -1,0 +1,579 @@
+"""Export stage: Whisper weights -> Hailo-compatible encoder and decoder ONNX, with parity checks.
+
+    python -m pipeline.export --variant tiny --seconds 10 [--seq-len 32] [--model ID|DIR] --out DIR
+
+1. Load a transformers `WhisperForConditionalGeneration` from a Hugging Face id (hub cache,
+   HF_HOME respected), a local transformers directory or a CTranslate2 (faster-whisper) folder.
+2. Build our Hailo-friendly modules (pipeline/whisper_hailo.py) from its weights.
+3. Export both at fixed shapes (opset OPSET), simplify with onnxslim, run onnx.checker.
+4. Prove they compute what Whisper computes (the stage fails when a tolerance is missed):
+   torch vs ONNX Runtime, our encoder/decoder vs transformers', greedy ONNX decoding vs
+   transformers' `generate`.
+5. Write the host assets (token and positional embedding .npy, tokenizer files) and export.json,
+   the only place later stages take names from.
+
+Everything is written into a temporary directory inside the output directory and moved into
+place only after all checks passed; export.json is written last and is the completion marker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Optional
+
+import numpy as np
+
+from pipeline import ct2
+from pipeline.errors import ToolchainError
+from pipeline.files import sha256_file, write_json_atomic
+from pipeline.tables import ARCHS, DECODER_VOCAB_SPLITS, VARIANTS, BuildSpec, resolve_spec
+
+EXPORT_FORMAT = 1
+EXPORT_JSON = "export.json"
+OPSET = 17
+ENCODER_INPUT = "input_features"
+ENCODER_OUTPUT = "encoder_states"
+DECODER_INPUTS = ("encoder_states", "decoder_embeddings")
+TOKEN_EMBEDDING_FILE = "token_embedding.npy"
+# The export does not depend on the Hailo architecture; BuildSpec needs one, the CLI uses this.
+DEFAULT_ARCH = "hailo8l"
+
+
+def logits_name(index: int) -> str:
+    return f"logits_{index}"
+
+
+@dataclass(frozen=True)
+class ParityTolerances:
+    """Largest accepted max-abs differences (float32 throughout)."""
+
+    encoder_states: float = 1e-4  # torch vs ONNX Runtime, ours vs transformers
+    logits: float = 1e-3  # torch vs ONNX Runtime, ours + host embedding vs transformers
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What to export and where. `model`: HF id, transformers dir or CTranslate2 dir (None: the variant's HF id)."""
+
+    spec: BuildSpec
+    out_dir: Path
+    model: Optional[str] = None
+    opset: int = OPSET
+    allow_download: bool = True
+    tolerances: ParityTolerances = field(default_factory=ParityTolerances)
+    seed: int = 0
+
+    @property
+    def model_source(self) -> str:
+        return self.model or self.spec.variant.hf_id
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    export_json: Path
+    meta: dict
+
+
+@dataclass(frozen=True)
+class LoadedWhisper:
+    """A transformers Whisper model plus what came with it (tokenizer may be None)."""
+
+    model: object
+    tokenizer: object
+    source_kind: str  # "hub" | "transformers-dir" | "ctranslate2"
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def load_whisper(source: str, *, allow_download: bool = True) -> LoadedWhisper:
+    """Load WhisperForConditionalGeneration (float32, eval) from an HF id, a transformers dir or a CTranslate2 dir."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ToolchainError(f"Model path {path} is a file, not a model directory.",
+                                 "Pass the directory that holds config.json (and model.bin for CTranslate2).")
+        if ct2.is_ct2_folder(path):
+            model, tokenizer = ct2.load_ct2_whisper(path)
+            return LoadedWhisper(model, tokenizer, "ctranslate2")
+        _check_whisper_config(path)
+        return _load_transformers(str(path), local_only=True, kind="transformers-dir")
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", source):
+        raise ToolchainError(
+            f"Model directory {source} does not exist.",
+            "Pass an existing transformers or CTranslate2 Whisper directory, or a Hugging Face id "
+            "such as openai/whisper-tiny.",
+        )
+    return _load_transformers(source, local_only=not allow_download, kind="hub")
+
+
+def _check_whisper_config(path: Path) -> None:
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise ToolchainError(
+            f"{path} is not a Whisper model directory: it has no config.json.",
+            "Pass a directory written by save_pretrained (or a CTranslate2 folder with model.bin).",
+        )
+    try:
+        model_type = json.loads(config_path.read_text()).get("model_type")
+    except (json.JSONDecodeError, AttributeError):
+        model_type = None
+    if model_type != "whisper":
+        raise ToolchainError(
+            f"{path} is not a Whisper model: its config.json says model_type={model_type!r}.",
+            "Pass a Whisper checkpoint (model_type 'whisper').",
+        )
+
+
+def _load_transformers(source: str, *, local_only: bool, kind: str) -> LoadedWhisper:
+    import torch
+    from transformers import AutoTokenizer, WhisperForConditionalGeneration
+
+    try:
+        # Cache first: works offline and respects HF_HOME; download only when allowed.
+        try:
+            model = WhisperForConditionalGeneration.from_pretrained(source, local_files_only=True, dtype=torch.float32)
+        except OSError:
+            if local_only:
+                raise
+            model = WhisperForConditionalGeneration.from_pretrained(source, dtype=torch.float32)
+    except OSError as err:
+        hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+        raise ToolchainError(
+            f"Could not load Whisper model {source!r} ({str(err).splitlines()[0]}).",
+            f"Download it into the Hugging Face cache (HF_HOME={hf_home}) first, e.g. "
+            f"`huggingface-cli download {source}`, or pass --model with a local directory.",
+        ) from None
+    except ValueError as err:  # e.g. a config of another model type
+        raise ToolchainError(f"{source!r} is not a loadable Whisper model: {err}", "Pass a Whisper checkpoint.") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError, TypeError):
+        tokenizer = None
+    # transformers 5 builds an empty Whisper tokenizer for a directory without tokenizer files
+    # (e.g. a random-init test model): treat that as "no tokenizer".
+    if tokenizer is not None and "<|startoftranscript|>" not in tokenizer.get_vocab():
+        tokenizer = None
+    return LoadedWhisper(model.float().eval(), tokenizer, kind)
+
+
+def check_matches_variant(model, spec: BuildSpec, source: str) -> None:
+    """Refuse a checkpoint whose vocabulary or dimensions differ from the variant table."""
+    variant, config = spec.variant, model.config
+    if config.vocab_size != variant.vocab_size:
+        alternatives = [v.name for v in VARIANTS.values() if v.vocab_size == config.vocab_size]
+        raise ToolchainError(
+            f"Checkpoint {source} has a vocabulary of {config.vocab_size} tokens; variant "
+            f"{variant.name} has {variant.vocab_size}.",
+            f"Use --variant {' or '.join(alternatives)}" if alternatives else "Use a matching checkpoint"
+            " (English-only .en models have 51864 tokens, multilingual ones 51865).",
+        )
+    found = (config.d_model, config.encoder_layers, config.decoder_layers, config.encoder_attention_heads)
+    expected = (variant.d_model, variant.encoder_layers, variant.decoder_layers, variant.attention_heads)
+    if found != expected:
+        raise ToolchainError(
+            f"Checkpoint {source} has (d_model, encoder layers, decoder layers, heads) = {found}; "
+            f"variant {variant.name} has {expected}.",
+            "Choose the --variant that matches the checkpoint.",
+        )
+    if config.num_mel_bins != variant.n_mels:
+        raise ToolchainError(f"Checkpoint {source} uses {config.num_mel_bins} mel bins; {variant.name} uses {variant.n_mels}.",
+                             "Use an 80-mel Whisper checkpoint (tiny/base).")
+
+
+# --- module building (injectable, so tests can prove a wrong rewrite fails parity) ----------------
+
+
+def build_hailo_modules(model, spec: BuildSpec):
+    """(HailoWhisperEncoder, HailoWhisperDecoder) for the spec's frames and seq_len."""
+    from pipeline.whisper_hailo import HailoWhisperDecoder, HailoWhisperEncoder
+
+    return (HailoWhisperEncoder.from_hf(model, spec.frames),
+            HailoWhisperDecoder.from_hf(model, spec.seq_len, DECODER_VOCAB_SPLITS))
+
+
+def hf_reference_model(model, positions: int):
+    """transformers Whisper with max_source_positions = positions and the (cut) same weights.
+
+    transformers' encoder requires exactly 2 * max_source_positions input frames, so this is
+    the reference our shortened encoder must match.
+    """
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    config = copy.deepcopy(model.config)
+    config.max_source_positions = positions
+    state = dict(model.state_dict())
+    state["model.encoder.embed_positions.weight"] = state["model.encoder.embed_positions.weight"][:positions]
+    with torch.device("meta"):
+        reference = WhisperForConditionalGeneration(config)
+    reference.load_state_dict(state, strict=True, assign=True)
+    reference.tie_weights()
+    reference.generation_config = copy.deepcopy(model.generation_config)
+    return reference.eval()
+
+
+# --- ONNX ---------------------------------------------------------------------------------------
+
+
+def export_onnx(module, example_inputs: tuple, path: Path, input_names: list[str], output_names: list[str], opset: int):
+    """torch.onnx.export at fixed shapes, onnxslim, onnx.checker; returns the ModelProto written to `path`."""
+    import onnx
+    import onnxslim
+    import torch
+
+    raw = path.with_suffix(".raw.onnx")
+    with torch.no_grad():
+        # The TorchScript exporter gives plain, stable node names and no dynamic shapes.
+        torch.onnx.export(module, example_inputs, str(raw), input_names=input_names, output_names=output_names,
+                          opset_version=opset, do_constant_folding=True, dynamo=False)
+    slimmed = onnxslim.slim(onnx.load(str(raw)))
+    raw.unlink()
+    onnx.checker.check_model(slimmed, full_check=True)
+    onnx.save(slimmed, str(path))
+    return slimmed
+
+
+def _producers(graph, names: list[str]) -> list[str]:
+    by_output = {out: node.name for node in graph.node for out in node.output}
+    missing = [n for n in names if n not in by_output]
+    if missing:
+        raise ToolchainError(f"Exported graph has no node producing {missing}.", "This is a bug in pipeline.export.")
+    return [by_output[n] for n in names]
+
+
+def _io(values) -> list[dict]:
+    return [{"name": v.name, "shape": [d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
+
+
+def graph_metadata(onnx_model, net_name: str, file_name: str) -> dict:
+    """Names and shapes of one exported graph, in the export.json layout."""
+    graph = onnx_model.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = _io(v for v in graph.input if v.name not in initializers)
+    outputs = _io(graph.output)
+    return {
+        "onnx": file_name,
+        "net_name": net_name,
+        "inputs": inputs,
+        "outputs": outputs,
+        # Parsing starts at the graph inputs (the decoder's start right after the host embedding)
+        # and ends at the nodes producing the outputs (for the decoder: the split vocab matmuls).
+        "start_node_names": [i["name"] for i in inputs],
+        "end_node_names": _producers(graph, [o["name"] for o in outputs]),
+        "net_input_shapes": {i["name"]: i["shape"] for i in inputs},
+        "dfc_input_layers": {f"{net_name}/input_layer{n}": i["name"] for n, i in enumerate(inputs, 1)},
+    }
+
+
+# --- tokens -------------------------------------------------------------------------------------
+
+
+def token_metadata(loaded: LoadedWhisper, spec: BuildSpec) -> dict:
+    """Special token ids, the decoding prompt and the suppressed tokens (from the generation config)."""
+    vocab = loaded.model.config.vocab_size
+    token_to_id = loaded.tokenizer.get_vocab() if loaded.tokenizer is not None else None
+    special = ct2.special_token_ids(vocab, token_to_id)
+    if spec.variant.multilingual:
+        english = (token_to_id or {}).get("<|en|>", special["start_of_transcript"] + 1)
+        prompt = [special["start_of_transcript"], english, special["transcribe"], special["no_timestamps"]]
+    else:
+        prompt = [special["start_of_transcript"], special["no_timestamps"]]
+    gen = loaded.model.generation_config
+    return {
+        "start_of_transcript": special["start_of_transcript"],
+        "end_of_text": special["end_of_text"],
+        "no_timestamps": special["no_timestamps"],
+        "prompt": prompt,
+        "suppress": sorted(int(t) for t in (getattr(gen, "suppress_tokens", None) or []) if t < vocab),
+        "suppress_at_begin": sorted(int(t) for t in (getattr(gen, "begin_suppress_tokens", None) or []) if t < vocab),
+    }
+
+
+def hf_generation_config(tokens: Mapping, max_new_tokens: int, multilingual: bool):
+    """A GenerationConfig under which transformers' Whisper `generate` decodes greedily from our prompt."""
+    from transformers import GenerationConfig
+
+    prompt = tokens["prompt"]
+    gen = GenerationConfig(
+        decoder_start_token_id=prompt[0],
+        eos_token_id=tokens["end_of_text"],
+        pad_token_id=tokens["end_of_text"],
+        bos_token_id=tokens["end_of_text"],
+        no_timestamps_token_id=tokens["no_timestamps"],
+        suppress_tokens=list(tokens["suppress"]) or None,
+        begin_suppress_tokens=list(tokens["suppress_at_begin"]) or None,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+    )
+    if multilingual:
+        gen.lang_to_id = {"<|en|>": prompt[1]}
+        gen.task_to_id = {"transcribe": prompt[2], "translate": prompt[2] - 1}
+        gen.is_multilingual = True
+        gen.language = "en"
+        gen.task = "transcribe"
+    return gen
+
+
+# --- parity -------------------------------------------------------------------------------------
+
+
+def check_parity(figures: Mapping[str, float], tolerances: ParityTolerances) -> None:
+    """Raise ToolchainError listing every figure when one misses its tolerance."""
+    limits = {
+        "encoder_torch_vs_onnx": tolerances.encoder_states,
+        "encoder_vs_hf": tolerances.encoder_states,
+        "decoder_torch_vs_onnx": tolerances.logits,
+        "decoder_vs_hf": tolerances.logits,
+        "greedy_token_mismatches": 0,
+    }
+    failed = [k for k, limit in limits.items() if k in figures and not figures[k] <= limit]
+    if failed:
+        table = ", ".join(f"{k}={figures[k]:.3g} (limit {limits[k]:g})" for k in limits if k in figures)
+        raise ToolchainError(
+            f"Export parity check failed for {', '.join(failed)}: {table}.",
+            "The Hailo rewrite does not compute what Whisper computes; nothing was written. "
+            "Check pipeline/whisper_hailo.py (or the checkpoint) before compiling.",
+        )
+
+
+def _max_abs(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+
+
+def measure_parity(loaded: LoadedWhisper, encoder, decoder, work: Path, meta: dict,
+                   token_embedding: np.ndarray, positional_embedding: np.ndarray,
+                   parity_mel: Optional[np.ndarray], seed: int) -> dict:
+    """All parity figures (max abs diffs; greedy token mismatches) for the exported files in `work`."""
+    import torch
+
+    from pipeline import onnx_greedy
+
+    spec_frames, seq_len = meta["frames"], meta["seq_len"]
+    rng = np.random.default_rng(seed)
+    encoder_session, decoder_session = onnx_greedy.load_sessions(work, meta)
+    reference = hf_reference_model(loaded.model, meta["encoder_positions"])
+
+    # Log-mel in Whisper's normalised range (about -1..1.5); random, but reproducible.
+    mel = rng.uniform(-1.0, 1.5, size=(1, 80, spec_frames)).astype(np.float32)
+    tokens = rng.integers(0, meta["vocab_size"], size=(1, seq_len))
+    tokens[0, : len(meta["tokens"]["prompt"])] = meta["tokens"]["prompt"]
+    embedded = (token_embedding[tokens] + positional_embedding).astype(np.float32)
+    logits_names = [o["name"] for o in meta["decoder"]["outputs"]]
+
+    with torch.no_grad():
+        ours_states = encoder(torch.from_numpy(mel[:, :, None, :])).numpy()
+        hf_states = reference.model.encoder(torch.from_numpy(mel)).last_hidden_state.numpy()
+        ours_logits = np.concatenate([t.numpy() for t in decoder(torch.from_numpy(hf_states), torch.from_numpy(embedded))], -1)
+        hf_logits = reference(encoder_outputs=(torch.from_numpy(hf_states),),
+                              decoder_input_ids=torch.from_numpy(tokens)).logits.numpy()
+    onnx_states = onnx_greedy.encode(encoder_session, meta, mel)
+    onnx_logits = np.concatenate(decoder_session.run(logits_names, {
+        meta["decoder"]["inputs"][0]["name"]: hf_states, meta["decoder"]["inputs"][1]["name"]: embedded}), -1)
+
+    figures = {
+        "encoder_torch_vs_onnx": _max_abs(ours_states, onnx_states),
+        "decoder_torch_vs_onnx": _max_abs(ours_logits, onnx_logits),
+        "encoder_vs_hf": _max_abs(ours_states, hf_states),
+        "decoder_vs_hf": _max_abs(ours_logits, hf_logits),
+    }
+
+    greedy_mel = mel if parity_mel is None else onnx_greedy.as_encoder_input(parity_mel, spec_frames)[:, :, 0, :]
+    ours = onnx_greedy.greedy_decode(encoder_session, decoder_session, meta, token_embedding, positional_embedding, greedy_mel)
+    prompt = meta["tokens"]["prompt"]
+    gen = hf_generation_config(meta["tokens"], seq_len - len(prompt), len(prompt) > 2)
+    with torch.no_grad():
+        hf_sequences = reference.generate(torch.from_numpy(greedy_mel), generation_config=gen).numpy()
+    mismatches, greedy = 0, []
+    for our_row, hf_row in zip(ours, hf_sequences):
+        ours_text = onnx_greedy.generated_tokens(our_row, meta)
+        hf_text = _hf_generated(hf_row, meta)
+        mismatches += sum(a != b for a, b in zip(ours_text, hf_text)) + abs(len(ours_text) - len(hf_text))
+        greedy.append(ours_text)
+    figures["greedy_token_mismatches"] = mismatches
+    figures["greedy_tokens"] = greedy
+    return figures
+
+
+def _hf_generated(row, meta) -> list[int]:
+    """transformers 5.x returns the generated tokens without the prompt; 4.x included it."""
+    row = [int(t) for t in row]
+    prompt = meta["tokens"]["prompt"]
+    if row[: len(prompt)] == prompt:
+        row = row[len(prompt):]
+    end = meta["tokens"]["end_of_text"]
+    return row[: row.index(end)] if end in row else row
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+
+def file_names(spec: BuildSpec) -> dict[str, str]:
+    """Artifact names; they carry variant, seconds and sequence length."""
+    return {
+        "encoder": f"{spec.encoder_net_name}.onnx",
+        "decoder": f"{spec.decoder_net_name}.onnx",
+        "token_embedding": TOKEN_EMBEDDING_FILE,
+        "positional_embedding": f"positional_embedding_seq{spec.seq_len}.npy",
+    }
+
+
+def export_whisper(config: ExportConfig, *, parity_mel: Optional[np.ndarray] = None,
+                   build_modules: Callable = build_hailo_modules,
+                   log: Callable[[str], None] = lambda message: None) -> ExportResult:
+    """Run the export stage; returns the export.json path and its content.
+
+    `parity_mel` ([N, 80, frames] log-mel) is the greedy-decoding parity input (default: random).
+    `build_modules(model, spec) -> (encoder, decoder)` is injectable so tests can show that a
+    wrong rewrite is caught by the parity check.
+    """
+    import torch
+
+    spec, out_dir = config.spec, Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    marker = out_dir / EXPORT_JSON
+    marker.unlink(missing_ok=True)  # from here on, the directory does not look done until we finish
+    names = file_names(spec)
+    torch.manual_seed(config.seed)
+
+    log(f"loading {config.model_source}")
+    loaded = load_whisper(config.model_source, allow_download=config.allow_download)
+    check_matches_variant(loaded.model, spec, config.model_source)
+    if spec.encoder_positions > loaded.model.config.max_source_positions:
+        raise ToolchainError(f"{spec.seconds_tag} needs {spec.encoder_positions} encoder positions; "
+                             f"the checkpoint has {loaded.model.config.max_source_positions}.", "Use fewer seconds.")
+
+    work = Path(tempfile.mkdtemp(prefix=".export-partial-", dir=out_dir))
+    try:
+        log("building the Hailo encoder/decoder modules")
+        encoder, decoder = build_modules(loaded.model, spec)
+        d_model = loaded.model.config.d_model
+        log(f"exporting {names['encoder']} (opset {config.opset})")
+        encoder_onnx = export_onnx(encoder, (torch.zeros(1, 80, 1, spec.frames),), work / names["encoder"],
+                                   [ENCODER_INPUT], [ENCODER_OUTPUT], config.opset)
+        log(f"exporting {names['decoder']} (opset {config.opset})")
+        decoder_onnx = export_onnx(
+            decoder, (torch.zeros(1, spec.encoder_positions, d_model), torch.zeros(1, spec.seq_len, d_model)),
+            work / names["decoder"], list(DECODER_INPUTS), [logits_name(i) for i in range(DECODER_VOCAB_SPLITS)],
+            config.opset)
+
+        from pipeline.whisper_hailo import host_embedding
+
+        token_embedding, positional_embedding = host_embedding(loaded.model, spec.seq_len)
+        np.save(work / names["token_embedding"], token_embedding)
+        np.save(work / names["positional_embedding"], positional_embedding)
+        tokenizer_files = _save_tokenizer(loaded.tokenizer, work)
+
+        meta = {
+            "format": EXPORT_FORMAT,
+            "variant": spec.variant.name,
+            "hf_id_or_path": config.model_source,
+            "source_kind": loaded.source_kind,
+            "seconds": spec.seconds,
+            "seq_len": spec.seq_len,
+            "frames": spec.frames,
+            "encoder_positions": spec.encoder_positions,
+            "d_model": d_model,
+            "vocab_size": loaded.model.config.vocab_size,
+            "opset": config.opset,
+            "encoder": {**graph_metadata(encoder_onnx, spec.encoder_net_name, names["encoder"]), "calib_layout": "NHWC"},
+            "decoder": graph_metadata(decoder_onnx, spec.decoder_net_name, names["decoder"]),
+            "host_assets": {"token_embedding": names["token_embedding"],
+                            "positional_embedding": names["positional_embedding"],
+                            "tokenizer_files": tokenizer_files},
+            "tokens": token_metadata(loaded, spec),
+        }
+        del encoder_onnx, decoder_onnx
+
+        log("checking parity (torch vs ONNX Runtime vs transformers, greedy decoding)")
+        figures = measure_parity(loaded, encoder, decoder, work, meta, token_embedding, positional_embedding,
+                                 parity_mel, config.seed)
+        check_parity(figures, config.tolerances)
+        meta["parity"] = {**figures, "tolerances": asdict(config.tolerances)}
+        log("parity: " + ", ".join(f"{k}={v:.2e}" for k, v in figures.items() if isinstance(v, float)))
+
+        written = [names["encoder"], names["decoder"], names["token_embedding"], names["positional_embedding"],
+                   *tokenizer_files]
+        meta["files"] = {name: sha256_file(work / name) for name in written}
+        for name in written:
+            os.replace(work / name, out_dir / name)
+        write_json_atomic(marker, meta)  # last: the completion marker
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"wrote {marker}")
+    return ExportResult(marker, meta)
+
+
+def _save_tokenizer(tokenizer, work: Path) -> list[str]:
+    """Tokenizer files written by transformers into `work`; [] when the model has no tokenizer."""
+    if tokenizer is None:
+        return []
+    staging = work / "tokenizer"
+    tokenizer.save_pretrained(str(staging))
+    names = sorted(p.name for p in staging.iterdir() if p.is_file())
+    for name in names:
+        os.replace(staging / name, work / name)
+    staging.rmdir()
+    return names
+
+
+def read_export_json(export_dir: str | Path) -> dict:
+    """The export metadata of a finished export (ToolchainError when the export is missing)."""
+    path = Path(export_dir) / EXPORT_JSON
+    if not path.is_file():
+        raise ToolchainError(f"No finished export in {export_dir} ({EXPORT_JSON} is missing).",
+                             "Run `invoke export` (python -m pipeline.export) first.")
+    return json.loads(path.read_text())
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def make_config(variant: str, seconds: Optional[float], seq_len: Optional[int], model: Optional[str],
+                out: Optional[str], offline: bool = False, arch: str = DEFAULT_ARCH) -> ExportConfig:
+    """Validated ExportConfig from CLI-level choices (default out: build/<variant>-<arch>/export)."""
+    spec = resolve_spec(variant, arch, seconds, seq_len)
+    out_dir = Path(out) if out else Path("build") / spec.build_name / "export"
+    return ExportConfig(spec=spec, out_dir=out_dir, model=model, allow_download=not offline)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", default="tiny", help=f"one of {', '.join(VARIANTS)} (default tiny)")
+    parser.add_argument("--seconds", type=float, default=None, help="encoder input length (default: per variant)")
+    parser.add_argument("--seq-len", type=int, default=None, help="decoder sequence length (default: per variant)")
+    parser.add_argument("--model", default=None,
+                        help="Hugging Face id, transformers directory or CTranslate2 folder (default: the variant's HF id)")
+    parser.add_argument("--out", default=None, help="output directory (default build/<variant>-<arch>/export)")
+    parser.add_argument("--arch", default=DEFAULT_ARCH, choices=list(ARCHS),
+                        help="only names the default output directory; the export is the same for every arch")
+    parser.add_argument("--offline", action="store_true", help="never download; use the local Hugging Face cache only")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+
+    def log(message: str) -> None:
+        print(f"[export {time.monotonic() - started:6.1f}s] {message}", flush=True)
+
+    try:
+        config = make_config(args.variant, args.seconds, args.seq_len, args.model, args.out, args.offline, args.arch)
+        result = export_whisper(config, log=log)
+    except ToolchainError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"export written to {result.export_json.parent} ({result.export_json.name} lists the files)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
