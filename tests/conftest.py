@@ -1,1 +1,45 @@
 """Shared fixtures. Anything that makes a model or audio for several test modules lives here."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def random_whisper_dir(tmp_path_factory):
+    """Factory: random_whisper_dir("tiny") -> Path of a saved random-init Whisper with the variant's real dims.
+
+    Built once per variant per session (seeded, so the weights are reproducible), saved with
+    save_pretrained like a hub snapshot, no tokenizer. The generation config is explicit:
+    Whisper's start/end tokens for the vocabulary, no suppressed tokens.
+    """
+    made = {}
+
+    def make(variant: str = "tiny"):
+        if variant not in made:
+            import torch
+            from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
+
+            from pipeline.tables import VARIANTS
+
+            v = VARIANTS[variant]
+            offset = 1 if v.multilingual else 0  # multilingual vocab: special tokens shift by one
+            end_of_text, start = 50256 + offset, 50257 + offset
+            config = WhisperConfig(
+                vocab_size=v.vocab_size, num_mel_bins=v.n_mels, d_model=v.d_model,
+                encoder_layers=v.encoder_layers, decoder_layers=v.decoder_layers,
+                encoder_attention_heads=v.attention_heads, decoder_attention_heads=v.attention_heads,
+                encoder_ffn_dim=4 * v.d_model, decoder_ffn_dim=4 * v.d_model,
+                decoder_start_token_id=start, bos_token_id=end_of_text, eos_token_id=end_of_text,
+                pad_token_id=end_of_text, suppress_tokens=None, begin_suppress_tokens=None,
+            )
+            torch.manual_seed(1234)
+            model = WhisperForConditionalGeneration(config).eval()
+            model.generation_config = GenerationConfig(
+                decoder_start_token_id=start, bos_token_id=end_of_text, eos_token_id=end_of_text,
+                pad_token_id=end_of_text, no_timestamps_token_id=50362 + offset,
+            )
+            path = tmp_path_factory.mktemp(f"random-whisper-{variant.replace('.', '_')}")
+            model.save_pretrained(path)
+            made[variant] = path
+        return made[variant]
+
+    return make
