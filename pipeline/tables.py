@@ -94,6 +94,9 @@ class DfcImage:
     # Compute capabilities (major, minor) documented or reported to work.
     supported_compute: tuple[tuple[int, int], ...]
     known_bad: tuple[KnownBadGpu, ...]
+    # "sha256:..." of base_image's multi-arch index, or UNKNOWN until someone pins it
+    # (docker/README.md); `invoke image` refuses an unpinned base unless --base-image is given.
+    base_image_digest: str = UNKNOWN
 
 
 # Pascal (6.x), Turing (7.5), Ampere (8.0/8.6/8.7): the GPU families the DFC documents.
@@ -122,6 +125,9 @@ IMAGES: Mapping[str, DfcImage] = {
             min_driver=525,
             supported_compute=_DOCUMENTED_COMPUTE,
             known_bad=(_L4_HANGS,),
+            # Quoted for this tag by several public Dockerfiles/build records (2026); re-check with
+            # `docker buildx imagetools inspect` before trusting it on a new host.
+            base_image_digest="sha256:85fb7ac694079fff1061a0140fd5b5a641997880e12112d92589c3bbb1e8b7ca",
         ),
         DfcImage(
             name="dfc5",
@@ -136,6 +142,7 @@ IMAGES: Mapping[str, DfcImage] = {
             min_driver=525,
             supported_compute=_DOCUMENTED_COMPUTE,
             known_bad=(),
+            base_image_digest=UNKNOWN,  # not found in any public source we could check: to be pinned
         ),
     )
 }

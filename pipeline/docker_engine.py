@@ -1,0 +1,463 @@
+"""The one module that talks to Docker (docker-py): build the toolchain images and run stage
+containers.
+
+Images are tagged with a hash of everything that goes into them (Dockerfile, docker/, pipeline/,
+calib/, the DFC wheel's sha256, the wheelhouse listing, the build arguments), so `ensure_image`
+skips the build when an image with that tag exists. Stage containers get the host paths at the
+same absolute paths, the caller's uid:gid, the GPUs the gate chose and a label per stage; they
+are always removed, also on Ctrl-C and when the stall watchdog stops them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tarfile
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional, TextIO
+
+import docker
+import docker.errors
+from docker.types import DeviceRequest, Mount
+
+from pipeline.errors import ToolchainError
+from pipeline.stage_log import StageLog
+from pipeline.tables import IMAGES, UNKNOWN
+from pipeline.vendor import DEFAULT_VENDOR_DIR, DfcWheel, find_dfc_wheel
+from pipeline.watchdog import StallWatchdog
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TARGETS = ("export", "dfc3", "dfc5")
+IMAGE_REPOSITORY = "whisper-hailo"  # tags: whisper-hailo:<target>-<16 hex of the inputs hash>
+
+# The export image is CPU only; its base is not in pipeline/tables.py (that table is about DFCs).
+# Digest of the python:3.11-slim-bookworm index as quoted by several public Dockerfiles (2026-09).
+EXPORT_BASE_IMAGE = "python:3.11-slim-bookworm"
+EXPORT_BASE_DIGEST = "sha256:528257d48c1da0dcecc2e725d1ae34498d60c965f1241e39cd6a85a8859bdf84"
+
+# What goes into the build context besides the wheel and the wheelhouse (see the Dockerfile).
+CONTEXT_PATHS = ("Dockerfile", "docker", "pipeline", "calib")
+# pyproject.toml and README.md are not read by the build: left out so doc edits keep the tag.
+_SKIPPED_NAMES = ("__pycache__", ".pytest_cache")
+_SKIPPED_SUFFIXES = (".pyc", ".pyo")
+
+LABEL_STAGE = "whisper-hailo.stage"
+LABEL_BUILD_DIR = "whisper-hailo.build-dir"
+LABEL_INPUTS = "whisper-hailo.inputs"
+
+# CUDA's JIT cache on a named volume: the first run on a new card JIT-compiles PTX (minutes);
+# later containers reuse it. 4 GiB instead of CUDA's 256 MiB default, which TF's kernels exceed.
+CUDA_CACHE_VOLUME = "whisper-hailo-cuda-cache"
+CUDA_CACHE_DIR = "/var/cache/whisper-hailo/cuda"
+CUDA_CACHE_MAXSIZE = 4 * 1024**3
+
+STOP_GRACE_S = 10  # SIGTERM -> SIGKILL when a container is stopped
+BUILD_LOG_TAIL_LINES = 25
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    tag: str
+    id: str
+
+
+# --- connecting ------------------------------------------------------------------------------
+
+
+def connect(base_url: Optional[str] = None) -> docker.DockerClient:
+    """A docker-py client that has answered a ping; clear errors when the daemon can't be used.
+
+    base_url: e.g. "unix:///var/run/docker.sock"; None uses DOCKER_HOST or the default socket.
+    """
+    try:
+        client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
+        client.ping()
+        return client
+    except docker.errors.DockerException as err:
+        raise explain_connection_error(err, base_url or os.environ.get("DOCKER_HOST", "")) from None
+    except OSError as err:
+        raise explain_connection_error(err, base_url or "") from None
+
+
+def explain_connection_error(err: BaseException, where: str) -> ToolchainError:
+    text = str(err)
+    where = where or "unix:///var/run/docker.sock"
+    if "Permission denied" in text or isinstance(err, PermissionError):
+        return ToolchainError(
+            f"Permission denied on the Docker socket ({where}).",
+            "Add yourself to the docker group (`sudo usermod -aG docker $USER`, then log in again) "
+            "or run with sudo; on a pod without Docker use --no-docker.",
+        )
+    return ToolchainError(
+        f"No Docker daemon answers at {where} ({_first_line(text)}).",
+        "Start Docker (`sudo systemctl start docker`) or point DOCKER_HOST at it; on a machine "
+        "without Docker (e.g. a pod that is already a container) run with --no-docker.",
+    )
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:300] if text.strip() else "no details"
+
+
+# --- base images and tags --------------------------------------------------------------------
+
+
+def base_image_for(target: str, override: Optional[str] = None) -> str:
+    """The pinned base image reference for `target`; `override` (--base-image) wins.
+
+    Refuses a DFC base whose digest is not pinned in pipeline/tables.py yet.
+    """
+    _check_target(target)
+    if override:
+        return override
+    if target == "export":
+        return f"{EXPORT_BASE_IMAGE}@{EXPORT_BASE_DIGEST}"
+    image = IMAGES[target]
+    if image.base_image_digest == UNKNOWN or not image.base_image_digest.startswith("sha256:"):
+        raise ToolchainError(
+            f"The {target} base image {image.base_image} is not pinned by digest yet "
+            "(pipeline/tables.py IMAGES[...].base_image_digest is unknown).",
+            f"Pin it: `docker pull {image.base_image}` then `docker buildx imagetools inspect "
+            f"{image.base_image}` (the index digest) and set base_image_digest; or pass "
+            f"--base-image {image.base_image}@sha256:<digest> for this build (docker/README.md).",
+        )
+    return f"{image.base_image}@{image.base_image_digest}"
+
+
+def _check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise ToolchainError(f"Unknown image target {target!r}.", f"Choose one of: {', '.join(TARGETS)}.")
+
+
+def _context_files(repo_root: Path) -> list[tuple[Path, str]]:
+    """(host path, path in the context) of the repository files the Dockerfile uses."""
+    files = []
+    for top in CONTEXT_PATHS:
+        path = repo_root / top
+        if path.is_file():
+            files.append((path, top))
+            continue
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames[:] = sorted(d for d in dirnames if d not in _SKIPPED_NAMES)
+            for name in sorted(filenames):
+                if not name.endswith(_SKIPPED_SUFFIXES):
+                    full = Path(dirpath) / name
+                    files.append((full, full.relative_to(repo_root).as_posix()))
+    return files
+
+
+def _wheelhouse_files(wheelhouse: Optional[Path]) -> list[Path]:
+    if wheelhouse is None:
+        return []
+    wheelhouse = Path(wheelhouse)
+    if not wheelhouse.is_dir():
+        raise ToolchainError(
+            f"Wheelhouse {wheelhouse} is not a directory.",
+            "Pass a folder of wheels (`pip download -d DIR ...`, see docker/README.md) or leave "
+            "--wheelhouse out to install from PyPI.",
+        )
+    files = sorted(p for p in wheelhouse.iterdir() if p.is_file() and p.suffix in (".whl", ".gz", ".zip"))
+    if not files:
+        raise ToolchainError(f"Wheelhouse {wheelhouse} has no wheels.", "Fill it as docker/README.md shows.")
+    return files
+
+
+def build_args_for(target: str, base_image: str, wheel: Optional[DfcWheel], wheel_sha256: str) -> dict:
+    args = {"BASE_IMAGE": base_image}
+    if wheel is not None:
+        args["DFC_WHEEL"] = wheel.path.name
+        args["DFC_WHEEL_SHA256"] = wheel_sha256
+    return args
+
+
+def inputs_hash(
+    target: str, build_args: dict, repo_root: Path, wheelhouse_files: Iterable[Path]
+) -> str:
+    """sha256 over the context files' contents, the wheelhouse listing and the build arguments.
+
+    The wheelhouse counts by file name and size (wheel names carry their versions), so a
+    gigabyte of wheels is not re-read on every call; the DFC wheel counts by its sha256, which
+    is a build argument.
+    """
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"target": target, "build_args": build_args}, sort_keys=True).encode())
+    for path, arcname in _context_files(repo_root):
+        digest.update(f"\0file {arcname} ".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    for path in wheelhouse_files:
+        digest.update(f"\0wheel {path.name} {path.stat().st_size}".encode())
+    return digest.hexdigest()
+
+
+def image_tag(target: str, inputs_sha256: str) -> str:
+    return f"{IMAGE_REPOSITORY}:{target}-{inputs_sha256[:16]}"
+
+
+# --- building --------------------------------------------------------------------------------
+
+
+def ensure_image(
+    target: str,
+    *,
+    base_image: Optional[str] = None,
+    wheelhouse: Optional[Path] = None,
+    vendor_dir: Path = DEFAULT_VENDOR_DIR,
+    dfc_wheel_sha256: Optional[str] = None,
+    repo_root: Path = REPO_ROOT,
+    log_dir: Optional[Path] = None,
+    console: Optional[TextIO] = None,
+    client: Optional[docker.DockerClient] = None,
+) -> ImageRef:
+    """The image for `target` ("export", "dfc3", "dfc5"), built unless one with its content tag exists.
+
+    base_image: override the pinned base (e.g. a locally imported one); wheelhouse: a folder of
+    wheels for an offline build; vendor_dir: where the user's DFC wheel is (checked with
+    pipeline.vendor before anything is sent to Docker); dfc_wheel_sha256: expected hash, checked
+    on the host and again inside the build. The build log goes to <log_dir>/image-<target>.log
+    (default: <repo_root>/build/images).
+    """
+    _check_target(target)
+    base = base_image_for(target, base_image)
+    wheel = None
+    wheel_sha256 = ""
+    if target != "export":
+        wheel = find_dfc_wheel(IMAGES[target], Path(vendor_dir), dfc_wheel_sha256)
+        wheel_sha256 = dfc_wheel_sha256.lower() if dfc_wheel_sha256 else wheel.sha256()
+    wheels = _wheelhouse_files(wheelhouse)
+    build_args = build_args_for(target, base, wheel, wheel_sha256)
+    digest = inputs_hash(target, build_args, repo_root, wheels)
+    tag = image_tag(target, digest)
+    client = client or connect()
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        return ImageRef(tag, client.images.get(tag).id)
+    log_path = Path(log_dir or repo_root / "build" / "images") / f"image-{target}.log"
+    with tempfile.TemporaryFile(prefix="whisper-hailo-context-") as context:
+        _write_context(context, repo_root, wheel, wheels)
+        context.seek(0)
+        image_id = build_image(client, context, target, tag, build_args, {LABEL_INPUTS: digest}, log_path, console)
+    return ImageRef(tag, image_id)
+
+
+def _write_context(fileobj, repo_root: Path, wheel: Optional[DfcWheel], wheels: list[Path]) -> None:
+    """A tar build context: repository files, vendor/<the DFC wheel>, wheelhouse/<wheels>.
+
+    vendor/ and wheelhouse/ are always present (maybe empty): the Dockerfile COPYs both.
+    """
+    with tarfile.open(fileobj=fileobj, mode="w") as tar:
+        for path, arcname in _context_files(repo_root):
+            tar.add(path, arcname=arcname, recursive=False)
+        for folder in ("vendor", "wheelhouse"):
+            info = tarfile.TarInfo(folder)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        if wheel is not None:
+            tar.add(wheel.path, arcname=f"vendor/{wheel.path.name}")
+        for path in wheels:
+            tar.add(path, arcname=f"wheelhouse/{path.name}")
+
+
+def build_image(
+    client: docker.DockerClient,
+    context,
+    target: str,
+    tag: str,
+    build_args: dict,
+    labels: dict,
+    log_path: Path,
+    console: Optional[TextIO] = None,
+) -> str:
+    """Build `target` from a tar context file object; stream the output; return the image id."""
+    with StageLog(log_path, console) as log:
+        log.note(f"building {tag} (target {target}, base {build_args['BASE_IMAGE']})")
+        error = None
+        try:
+            for event in client.api.build(
+                fileobj=context,
+                custom_context=True,
+                tag=tag,
+                target=target,
+                buildargs=build_args,
+                labels=labels,
+                rm=True,
+                forcerm=True,  # remove intermediate containers even when a step fails
+                pull=False,
+                decode=True,
+            ):
+                if "stream" in event:
+                    log.write(event["stream"])
+                elif "status" in event:
+                    log.write(f"{event['status']} {event.get('progress', '')}\n")
+                if "error" in event:
+                    error = event.get("errorDetail", {}).get("message") or event["error"]
+                    log.write(f"ERROR: {error}\n")
+        except docker.errors.APIError as err:
+            error = str(err.explanation or err)
+            log.write(f"ERROR: {error}\n")
+        tail = log.tail()
+    if error:
+        raise _build_error(target, tag, build_args["BASE_IMAGE"], error, tail, log_path)
+    return client.images.get(tag).id
+
+
+def _build_error(target, tag, base, error, tail, log_path) -> ToolchainError:
+    lowered = error.lower()
+    last_lines = "\n".join(tail.splitlines()[-BUILD_LOG_TAIL_LINES:])
+    if "no space left on device" in lowered:
+        return _out_of_disk(f"Building {tag}")
+    if any(s in lowered for s in ("pull access denied", "manifest unknown", "no such host",
+                                  "dial tcp", "repository does not exist", "not found: manifest")):
+        return ToolchainError(
+            f"The base image {base} of the {target} image is not on this machine and could not be "
+            f"pulled ({_first_line(error)}).",
+            f"Pull it where a registry is reachable (`docker pull {base}`), move it with "
+            "`docker save | docker load`, or pass --base-image with a local image.",
+        )
+    return ToolchainError(
+        f"Building the {target} image failed: {_first_line(error)}\nLast build log lines:\n{last_lines}\n",
+        f"Full build log: {log_path}.",
+    )
+
+
+def _out_of_disk(doing: str) -> ToolchainError:
+    return ToolchainError(
+        f"{doing} failed: no space left on device (Docker's data root, usually /var/lib/docker).",
+        "Free space: `docker system df`, `docker image prune` / `docker builder prune`, or move "
+        "Docker's data-root to a bigger disk; then run again.",
+    )
+
+
+# --- running stage containers ----------------------------------------------------------------
+
+
+def stage_mounts(build_dir: Path, read_only_paths: Iterable[Path], *, cuda_cache: bool) -> list[Mount]:
+    """Bind mounts at the same absolute paths (build dir rw, inputs ro), outer paths first."""
+    build_dir = Path(build_dir).absolute()
+    build_dir.mkdir(parents=True, exist_ok=True)  # else dockerd creates it, owned by root
+    binds = {build_dir: False}
+    for path in read_only_paths:
+        path = Path(path).absolute()
+        if not path.exists():
+            raise ToolchainError(f"Input path {path} does not exist.", "Create it or fix the path you passed.")
+        binds.setdefault(path, True)
+    mounts = [
+        Mount(target=str(p), source=str(p), type="bind", read_only=ro)
+        for p, ro in sorted(binds.items(), key=lambda item: len(item[0].parts))
+    ]
+    if cuda_cache:
+        mounts.append(Mount(target=CUDA_CACHE_DIR, source=CUDA_CACHE_VOLUME, type="volume"))
+    return mounts
+
+
+def gpu_requests(device_ids: Iterable[str]) -> list[DeviceRequest]:
+    ids = list(device_ids)
+    return [DeviceRequest(driver="nvidia", device_ids=ids, capabilities=[["gpu"]])] if ids else []
+
+
+def run_stage_container(
+    cmd,
+    image_tag: str,
+    log: StageLog,
+    *,
+    client: Optional[docker.DockerClient] = None,
+    deadline_s: Optional[float] = None,
+    user: Optional[str] = None,
+) -> tuple[int, Optional[str]]:
+    """Run a launcher.StageCommand in a container from `image_tag`; stream its output into `log`.
+
+    Returns (exit code, stopped) with stopped None, "stall" or "deadline". The container is
+    removed in every case (exit, error, watchdog stop, KeyboardInterrupt).
+    user: "uid:gid" to run as; default the caller's own ids, so outputs are not root-owned.
+    """
+    from pipeline.launcher import stage_environment  # launcher imports us lazily; no cycle at import
+
+    client = client or connect()
+    is_dfc = cmd.image != "export"
+    env = stage_environment(cmd)
+    env.setdefault("HOME", "/tmp")  # the caller's uid has no home directory in the image
+    if is_dfc:
+        env.update(CUDA_CACHE_PATH=CUDA_CACHE_DIR, CUDA_CACHE_MAXSIZE=str(CUDA_CACHE_MAXSIZE))
+    labels = {LABEL_STAGE: cmd.name, LABEL_BUILD_DIR: str(cmd.build_dir)}
+    name = f"whisper-hailo-{_safe_name(cmd.name)}-{uuid.uuid4().hex[:8]}"
+    devices = gpu_requests(cmd.gpu_device_ids) if is_dfc else []
+    log.note(f"container {name} from {image_tag}: {' '.join(cmd.argv)}"
+             + (f" (GPUs {', '.join(cmd.gpu_device_ids)})" if devices else " (no GPU)"))
+    container = None
+    try:
+        container = client.containers.create(
+            image_tag,
+            command=list(cmd.argv),
+            name=name,
+            user=user or f"{os.getuid()}:{os.getgid()}",
+            environment=env,
+            labels=labels,
+            mounts=stage_mounts(cmd.build_dir, cmd.read_only_paths, cuda_cache=is_dfc),
+            device_requests=devices or None,
+            working_dir=str(cmd.build_dir),
+            init=True,  # docker-init forwards signals and reaps the DFC's worker processes
+            detach=True,
+        )
+        container.start()
+        with StallWatchdog(cmd.stall_limit_s, lambda: _stop(container), deadline_s=deadline_s) as watchdog:
+            reader = threading.Thread(target=_pump_logs, args=(container, log, watchdog), daemon=True)
+            reader.start()
+            while reader.is_alive():
+                reader.join(0.5)
+            exit_code = int(container.wait()["StatusCode"])
+        stopped = "deadline" if watchdog.timed_out else "stall" if watchdog.stalled else None
+        return exit_code, stopped
+    except docker.errors.ImageNotFound:
+        raise ToolchainError(
+            f"Image {image_tag} is not on this machine.",
+            f"Build it: `invoke image --target {cmd.image}` (pipeline.docker_engine.ensure_image).",
+        ) from None
+    except docker.errors.APIError as err:
+        raise _run_error(err, cmd) from None
+    finally:
+        if container is not None:
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+
+
+def _pump_logs(container, log: StageLog, watchdog: StallWatchdog) -> None:
+    with contextlib.suppress(docker.errors.APIError, docker.errors.NotFound, OSError):
+        for chunk in container.logs(stream=True, follow=True):
+            watchdog.feed()
+            log.write(chunk)
+
+
+def _stop(container) -> None:
+    with contextlib.suppress(docker.errors.APIError, docker.errors.NotFound):
+        container.stop(timeout=STOP_GRACE_S)
+
+
+def _run_error(err: docker.errors.APIError, cmd) -> ToolchainError:
+    text = str(err.explanation or err)
+    lowered = text.lower()
+    if "could not select device driver" in lowered or "nvidia-container" in lowered or (
+        "unknown runtime" in lowered and "nvidia" in lowered
+    ):
+        return ToolchainError(
+            f"Docker cannot give GPUs {', '.join(cmd.gpu_device_ids)} to stage {cmd.name}: "
+            f"no NVIDIA container runtime ({_first_line(text)}).",
+            "Install the NVIDIA Container Toolkit (`nvidia-ctk runtime configure --runtime=docker`, "
+            "then restart Docker), or run this stage with --cpu.",
+        )
+    if "no space left on device" in lowered:
+        return _out_of_disk(f"Starting stage {cmd.name}")
+    return ToolchainError(f"Docker refused to run stage {cmd.name}: {_first_line(text)}", "See `docker info`.")
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)[:60]
+
+
+def stage_containers(client: docker.DockerClient, stage_name: Optional[str] = None) -> list:
+    """Containers (running or not) that carry our stage label, optionally for one stage."""
+    label = f"{LABEL_STAGE}={stage_name}" if stage_name else LABEL_STAGE
+    return client.containers.list(all=True, filters={"label": label})
