@@ -120,4 +120,31 @@ def export(c, variant="tiny", seconds=None, seq_len=None, model=None, out=None, 
 
 # --- containers (pipeline/containers.py) -------------------------------------------------------
 
+
+@task(
+    help={
+        "target": "export | dfc3 (Hailo-8/8L) | dfc5 (Hailo-10H)",
+        "base_image": "override the pinned base image (required while a base is not pinned yet)",
+        "wheelhouse": "folder of wheels for an offline build (pip install --no-index)",
+        "vendor": "folder with your DFC wheel (default: vendor)",
+        "dfc_sha256": "expected sha256 of the DFC wheel, checked on the host and in the build",
+    }
+)
+@_friendly_errors
+def image(c, target, base_image=None, wheelhouse=None, vendor="vendor", dfc_sha256=None):
+    """Build one toolchain image (skipped when an image of the same inputs exists)."""
+    from pathlib import Path
+
+    from pipeline.docker_engine import ensure_image
+
+    ref = ensure_image(
+        target,
+        base_image=base_image,
+        wheelhouse=Path(wheelhouse) if wheelhouse else None,
+        vendor_dir=Path(vendor),
+        dfc_wheel_sha256=dfc_sha256,
+    )
+    print(f"{ref.tag} {ref.id}")
+
+
 # --- end-to-end build (pipeline/build.py) ------------------------------------------------------
