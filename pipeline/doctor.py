@@ -217,6 +217,12 @@ def _docker_checks(docker_client: Callable[[], Any], *, native: bool, gpu_mode: 
         client = docker_client()
         client.ping()
         info = client.info()
+    except ImportError as err:
+        return [
+            Check("Docker Engine", BLOCKER, f"docker-py is not installed ({err}).",
+                  "Install the host extras: pip install -e '.[host]' (or `make venv`)."),
+            Check("NVIDIA container runtime", SKIPPED, "cannot check without docker-py"),
+        ]
     except Exception as err:  # docker-py raises DockerException, requests' errors, OSError
         problem, fix = _docker_problem(err)
         return [

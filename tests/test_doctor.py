@@ -164,6 +164,14 @@ def test_permission_denied_on_the_docker_socket(vendor):
     assert "usermod -aG docker" in engine.fix
 
 
+def test_missing_docker_py_is_a_blocker_with_the_install_command(vendor):
+    report = run_doctor("hailo8l", vendor_dir=vendor,
+                        probes=probes(docker_client=docker_failing(ImportError("No module named 'docker'"))))
+    engine = next(c for c in report.checks if c.name == "Docker Engine")
+    assert engine.status == BLOCKER and "docker-py is not installed" in engine.detail
+    assert ".[host]" in engine.fix
+
+
 def test_docker_failing_after_connecting_is_reported_not_raised(vendor):
     class Broken(FakeDocker):
         def info(self):
