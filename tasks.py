@@ -148,3 +148,70 @@ def image(c, target, base_image=None, wheelhouse=None, vendor="vendor", dfc_sha2
 
 
 # --- end-to-end build (pipeline/build.py) ------------------------------------------------------
+
+
+@task(
+    iterable=["force"],
+    help={
+        "variant": "Whisper variant: tiny, tiny.en, base, base.en (default tiny)",
+        "arch": "Hailo architecture: hailo8, hailo8l, hailo10h (default hailo8l)",
+        "seconds": "encoder input length in seconds (default: tiny 10, base 5)",
+        "seq_len": "decoder token sequence length (default: tiny 32, base 24; at most 448)",
+        "model": "Hugging Face id, transformers folder or CTranslate2 folder (default: the variant's id)",
+        "calib": "folder of speech recordings for calibration (wav/flac/ogg, any layout, e.g. LibriSpeech)",
+        "calib_download": "download LibriSpeech dev-clean into <out>/calib/download instead of --calib",
+        "calib_size": "calibration entries (default: what the model scripts need)",
+        "profile": "model-script profile: full (reference quality, hours) or quick (minutes, lower accuracy)",
+        "model_script": "your own .alls for both models, or a folder with encoder.alls and decoder.alls",
+        "cpu": "run the DFC stages on the CPU on purpose (fine-tuning takes hours)",
+        "allow_gpu": "use a GPU the gate does not know to work (or refuses), with a loud warning",
+        "no_docker": "run the stages in this environment instead of the images (DFC installed here)",
+        "out": "build directory (default build/<variant>-<arch>)",
+        "force": "rerun a stage and everything after it (repeatable): export, encoder-calib, "
+                 "decoder-calib, {encoder,decoder}-{parse,optimize,compile}, bundle, report, "
+                 "or a group: calib, parse, optimize, compile, encoder, decoder, all",
+        "vendor": "folder with your DFC wheel (default vendor)",
+        "base_image": "override the images' pinned base image (passed to the image builds)",
+        "wheelhouse": "folder of wheels for offline image builds",
+    },
+)
+@_friendly_errors
+def build(c, variant="tiny", arch="hailo8l", seconds=None, seq_len=None, model=None, calib=None,
+          calib_download=False, calib_size=None, profile="full", model_script=None, cpu=False,
+          allow_gpu=False, no_docker=False, out=None, force=None, vendor="vendor", base_image=None,
+          wheelhouse=None):
+    """Build encoder and decoder HEFs end to end (resumable; reruns only what changed)."""
+    from pathlib import Path
+
+    from pipeline.build import BuildOptions, run_build
+
+    options = BuildOptions(
+        variant=variant,
+        arch=arch,
+        seconds=float(seconds) if seconds is not None else None,
+        seq_len=int(seq_len) if seq_len is not None else None,
+        model=model,
+        calib_dir=Path(calib) if calib else None,
+        calib_download=calib_download,
+        calib_size=int(calib_size) if calib_size is not None else None,
+        profile=profile,
+        model_script=Path(model_script) if model_script else None,
+        cpu=cpu,
+        allow_gpu=allow_gpu,
+        no_docker=no_docker,
+        out=Path(out) if out else None,
+        force=tuple(force or ()),
+        vendor_dir=Path(vendor),
+        base_image=base_image,
+        wheelhouse=Path(wheelhouse) if wheelhouse else None,
+    )
+    run_build(options)
+
+
+@task(help={"out": "scratch folder for the benchmark builds (default: a temp dir)",
+            "keep": "keep the scratch folder afterwards"})
+@_friendly_errors
+def bench(c, out=None, keep=False):
+    """Benchmark the build: full build and no-op rebuild time, natively with the DFC test double."""
+    c.run(f"{sys.executable} bench/build_bench.py" + (f" --out {out}" if out else "") + (" --keep" if keep else ""),
+          pty=False)
