@@ -43,3 +43,36 @@ def random_whisper_dir(tmp_path_factory):
         return made[variant]
 
     return make
+
+
+# Sentences for generated speech: different lengths so windows and padding vary.
+SPEECH_SENTENCES = (
+    "The quick brown fox jumps over the lazy dog near the quiet river bank.",
+    "Calibration data should sound like the audio the model will hear in the field.",
+    "She sells sea shells by the sea shore, and the shells she sells are surely sea shells.",
+    "Seven silver spoons were found under the old wooden table in the kitchen this morning, "
+    "together with a letter that nobody could read.",
+)
+
+
+@pytest.fixture(scope="session")
+def speech_dir(tmp_path_factory):
+    """Folder of real generated speech: utt0.wav .. utt3.wav, 16 kHz mono 16-bit, 4-9 s each.
+
+    Made with espeak-ng (22.05 kHz) and converted with sox; read-only by convention (copy it
+    before adding files). Skips the test when espeak-ng or sox is missing.
+    """
+    import shutil
+    import subprocess
+
+    for tool in ("espeak-ng", "sox"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (apt-get install espeak-ng sox)")
+    folder = tmp_path_factory.mktemp("speech")
+    for index, sentence in enumerate(SPEECH_SENTENCES):
+        raw = folder / f".raw{index}.wav"
+        subprocess.run(["espeak-ng", "-s", "150", "-w", str(raw), sentence], check=True, capture_output=True)
+        subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(folder / f"utt{index}.wav")],
+                       check=True, capture_output=True)
+        raw.unlink()
+    return folder
