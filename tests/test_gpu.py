@@ -181,7 +181,7 @@ def test_gate_decides_each_recorded_card_for_dfc3(card, status, reason):
         with pytest.raises(ToolchainError) as err:
             choose_devices(inventory, DFC3)
         message = str(err.value)
-        assert f"No supported GPU for the dfc3 image" in message
+        assert "No supported GPU for the dfc3 image" in message
         assert f"{rec.name} (compute {gpu.compute_str}) is {status.value}: {reason}" in message
         assert "--allow-gpu" in message and "--cpu" in message
 
