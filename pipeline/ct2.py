@@ -26,8 +26,10 @@ CONFIG_JSON = "config.json"
 TOKENIZER_JSON = "tokenizer.json"
 WHISPER_SPEC = "WhisperSpec"
 
-# CTranslate2 dtype codes -> numpy dtypes (int8/int16 are quantized weights: refused below).
-_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: None}  # 5: bfloat16
+# CTranslate2 dtype codes -> numpy dtypes. bfloat16 (5) has no numpy dtype: read as uint16 and
+# widened to float32. int8/int16 weights are quantized and refused when mapping to transformers.
+_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: np.uint16}
+_BFLOAT16 = 5
 _LAYER = re.compile(r"^(encoder|decoder)/layer_(\d+)/")
 
 # Whisper's special tokens (openai/whisper tokenizer.py): the multilingual vocabulary has one more
@@ -88,14 +90,14 @@ def read_model_bin(path: Path) -> Ct2Checkpoint:
                 (nbytes,) = _read(f, "<I")
                 dtype = _DTYPES.get(dtype_code)
                 if dtype is None:
-                    raise ToolchainError(
-                        f"{path}: variable {name!r} has dtype code {dtype_code}, which this reader does not load.",
-                        "Convert the model with ct2-transformers-converter --quantization float16 (or float32).",
-                    )
+                    raise ValueError(f"variable {name!r} has unknown dtype code {dtype_code}")
                 raw = f.read(nbytes)
                 if len(raw) != nbytes:
                     raise EOFError("truncated model.bin")
-                variables[name] = np.frombuffer(raw, dtype=dtype).reshape(shape)
+                value = np.frombuffer(raw, dtype=dtype).reshape(shape)
+                if dtype_code == _BFLOAT16:
+                    value = (value.astype(np.uint32) << 16).view(np.float32)
+                variables[name] = value
             (n_aliases,) = _read(f, "<I") if version >= 3 else (0,)
             for _ in range(n_aliases):
                 alias, target = _read_string(f), _read_string(f)
@@ -120,6 +122,14 @@ def _scalar(variables: Mapping[str, np.ndarray], name: str) -> int:
 def transformers_state_dict(ckpt: Ct2Checkpoint) -> tuple[dict[str, np.ndarray], int, int]:
     """Map CTranslate2 names to transformers names; return (state dict, encoder layers, decoder layers)."""
     v = ckpt.variables
+    # Scalars such as decoder/activation are int8 enums; only int weights mean quantization.
+    quantized = sorted(n for n, a in v.items() if n.endswith("/weight") and a.dtype in (np.int8, np.int16))
+    if quantized:
+        raise ToolchainError(
+            f"The CTranslate2 checkpoint is quantized ({quantized[0]} is {v[quantized[0]].dtype}); "
+            "quantized weights cannot be exported to float ONNX.",
+            "Convert the model with ct2-transformers-converter --quantization float16 (or float32).",
+        )
     out: dict[str, np.ndarray] = {}
 
     def norm(src: str, dst: str) -> None:
@@ -230,6 +240,7 @@ def load_ct2_whisper(folder: Path):
         decoder_ffn_dim=v["decoder/layer_0/ffn/linear_0/weight"].shape[0],
         max_source_positions=v["encoder/position_encodings/encodings"].shape[0],
         max_target_positions=v["decoder/position_encodings/encodings"].shape[0],
+        scale_embedding=bool(_scalar(v, "decoder/scale_embeddings")) if "decoder/scale_embeddings" in v else False,
         decoder_start_token_id=special["start_of_transcript"],
         bos_token_id=special["end_of_text"],
         eos_token_id=special["end_of_text"],
