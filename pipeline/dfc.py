@@ -1,0 +1,596 @@
+"""The one module that talks to the Hailo Dataflow Compiler (`hailo_sdk_client`).
+
+The DFC is the user's licensed wheel; it is imported lazily inside the functions below, so the
+rest of the toolchain (and its tests) runs without it. The calls are the public API used by
+hailo-ai/hailo_model_zoo (core/main_utils.py, main_driver.py) and hailocs/hailo-whisper
+(conversion/convert_whisper_{encoder,decoder}.py); see ../shared/reference/dfc-api.md.
+
+    parse     ClientRunner(hw_arch) .translate_onnx_model(onnx, net, start/end nodes, shapes) -> HAR
+    optimize  ClientRunner(hw_arch, har) .load_model_script(alls) .optimize(calib) -> optimized HAR
+    compile   ClientRunner(hw_arch, har) .compile() -> HEF bytes, compiled HAR
+
+Each step starts from the previous step's HAR, so a failed or interrupted step is resumed from
+the last good file. Every file is written under a temporary name and renamed into place when
+complete: a `.hef` or `.har` that exists is whole.
+
+Calibration data (the DFC takes NHWC):
+    encoder  np.ndarray [N, 1, frames, 80]                      (ONNX input [1, 80, 1, frames])
+    decoder  {"<net>/input_layer1": [N, 1, positions, d_model],  (ONNX input [1, positions, d_model])
+              "<net>/input_layer2": [N, 1, seq_len, d_model]}    (ONNX input [1, seq_len, d_model])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Union
+
+import numpy as np
+
+from pipeline.errors import ToolchainError
+from pipeline.files import sha256_file, write_bytes_atomic, write_text_atomic
+from pipeline.model_scripts import ResolvedScript
+from pipeline.tables import get_arch
+
+DFC_DISTRIBUTION = "hailo_dataflow_compiler"  # the wheel's distribution name
+EXPORT_FORMAT = 1
+MODELS = ("encoder", "decoder")
+
+_HOW_TO_SUPPLY = (
+    "The DFC is licensed and not on PyPI: download hailo_dataflow_compiler-{version}-py3-none-"
+    "linux_x86_64.whl (or newer {major}.x) from Hailo's Developer Zone, put it in vendor/ and run "
+    "the stage in the DFC image (the default), or `pip install` it into this environment for "
+    "--no-docker. `make dfc-double-wheel` puts a test double (not deployable) in vendor/ for a "
+    "rehearsal."
+)
+
+CalibData = Union[np.ndarray, dict]
+
+
+# --- the DFC itself ----------------------------------------------------------------------------
+
+
+def _import_client(arch: str = "hailo8l"):
+    """hailo_sdk_client, or a ToolchainError saying how to supply it."""
+    try:
+        return importlib.import_module("hailo_sdk_client")
+    except ImportError as err:
+        image = get_arch(arch).dfc
+        raise ToolchainError(
+            f"The Hailo Dataflow Compiler (Python package hailo_sdk_client) is not importable: {err}.",
+            _HOW_TO_SUPPLY.format(version=image.min_dfc_version, major=image.dfc_major),
+        ) from None
+
+
+def installed_dfc_version(arch: str = "hailo8l") -> str:
+    """Version of the installed DFC, e.g. '3.31.0' (or '3.31.0+testdouble' for the test double).
+
+    The wheel's metadata first; a DFC on sys.path without metadata reports hailo_sdk_client.__version__.
+    """
+    from importlib import metadata
+
+    try:
+        return metadata.version(DFC_DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        pass
+    client = _import_client(arch)
+    version = getattr(client, "__version__", None)
+    if not version:
+        raise ToolchainError(
+            "hailo_sdk_client is importable but reports no version (no "
+            f"{DFC_DISTRIBUTION} metadata, no __version__).",
+            "Install the DFC from its wheel (pip install hailo_dataflow_compiler-...whl) so its "
+            "version can be checked against the target architecture.",
+        )
+    return str(version)
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """'3.31.0+testdouble' -> (3, 31, 0)."""
+    match = re.match(r"^(\d+(?:\.\d+)*)", version.strip())
+    if not match:
+        raise ToolchainError(f"DFC version {version!r} is not a version number.",
+                             "Reinstall the DFC from its original wheel.")
+    return tuple(int(p) for p in match.group(1).split("."))
+
+
+def check_dfc_version(arch: str, version: Optional[str] = None) -> str:
+    """Refuse a DFC that cannot compile for `arch` (hailo8/hailo8l: 3.x, hailo10h: 5.x).
+
+    Returns the version. Called before parsing, so a mismatch costs seconds, not hours.
+    """
+    image = get_arch(arch).dfc
+    version = version or installed_dfc_version(arch)
+    release = _release(version)
+    wheel = f"hailo_dataflow_compiler-{image.min_dfc_version}-py3-none-linux_x86_64.whl"
+    if release[0] != image.dfc_major:
+        raise ToolchainError(
+            f"{arch} needs the Dataflow Compiler {image.dfc_major}.x, but DFC {version} is installed.",
+            f"Install {wheel} (or newer {image.dfc_major}.x): put it in vendor/ and use the "
+            f"{image.name} image, or pip install it for --no-docker.",
+        )
+    if release < _release(image.min_dfc_version):
+        raise ToolchainError(
+            f"DFC {version} is older than {image.min_dfc_version}, the oldest known to convert "
+            "Whisper (hailo-whisper asks for it).",
+            f"Install {wheel} (or newer {image.dfc_major}.x) from Hailo's Developer Zone.",
+        )
+    return version
+
+
+def _states(arch: str):
+    """hailo_sdk_client.exposed_definitions.States (UNINITIALIZED, HAILO_MODEL, QUANTIZED_MODEL, ...)."""
+    _import_client(arch)
+    return importlib.import_module("hailo_sdk_client.exposed_definitions").States
+
+
+def _runner(arch: str, har: Optional[Path] = None):
+    """ClientRunner(hw_arch=arch[, har=path]); a HAR the DFC cannot load is a ToolchainError."""
+    client = _import_client(arch)
+    try:
+        if har is None:
+            return client.ClientRunner(hw_arch=arch)
+        return client.ClientRunner(hw_arch=arch, har=str(har))
+    except Exception as err:  # the DFC raises its own types; the message is what matters
+        what = f"load HAR {har}" if har else f"start for {arch}"
+        raise ToolchainError(
+            f"The DFC could not {what}: {type(err).__name__}: {err}.",
+            "Check that the HAR was written by this DFC version for this architecture, or run "
+            "the previous stage again." if har else f"Check that this DFC supports {arch}.",
+        ) from err
+
+
+def _hn(runner) -> dict:
+    hn = runner.get_hn()
+    return json.loads(hn) if isinstance(hn, (str, bytes)) else dict(hn)
+
+
+def _layers_of_type(hn: dict, kind: str) -> dict[str, Any]:
+    return {name: layer for name, layer in hn.get("layers", {}).items() if layer.get("type") == kind}
+
+
+def input_layer_shapes(hn: dict) -> dict[str, list]:
+    """{"<net>/input_layer1": [-1, H, W, C], ...} from a network description."""
+    return {name: list(layer.get("input_shapes", [[]])[0])
+            for name, layer in sorted(_layers_of_type(hn, "input_layer").items())}
+
+
+def output_layer_names(hn: dict) -> list[str]:
+    return sorted(_layers_of_type(hn, "output_layer"))
+
+
+@contextlib.contextmanager
+def _atomic_har(path: Path) -> Iterator[Path]:
+    """A temporary path that keeps the .har suffix (the DFC may insist on it), renamed on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise ToolchainError(f"The DFC did not write {tmp} when asked to save {path}.",
+                                 "See the DFC output above for why.")
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _save_har(runner, path: Path) -> dict:
+    with _atomic_har(path) as tmp:
+        runner.save_har(str(tmp))
+    return {"path": str(path), "sha256": sha256_file(path)}
+
+
+def _dfc_call(step: str, fn, *args, **kwargs):
+    """Run one DFC call; its own exceptions become a ToolchainError naming the step."""
+    try:
+        return fn(*args, **kwargs)
+    except ToolchainError:
+        raise
+    except Exception as err:
+        raise ToolchainError(
+            f"The DFC failed during {step}: {type(err).__name__}: {err}.",
+            "The DFC output above (and the stage log) says more; fix the input it names and run "
+            "the stage again, starting from the last saved HAR.",
+        ) from err
+
+
+# --- what the export says -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NetworkExport:
+    """One model of export.json: the only source of ONNX file and node names for the DFC stages."""
+
+    model: str  # "encoder" | "decoder"
+    variant: str
+    onnx_path: Path
+    onnx_sha256: Optional[str]  # from export.json "files"; None if it does not list the file
+    net_name: str
+    start_node_names: tuple[str, ...]
+    end_node_names: tuple[str, ...]
+    net_input_shapes: Mapping[str, list]
+    dfc_input_layers: Mapping[str, str]  # "<net>/input_layerN" -> ONNX input name
+    input_shapes: Mapping[str, list]  # ONNX input name -> shape, e.g. [1, 80, 1, 1000]
+
+    def expected_calib_shape(self, layer: str) -> tuple[int, ...]:
+        """Per-entry NHWC shape the DFC wants for an input layer: [1,80,1,T] -> (1, T, 80);
+        [1,S,D] -> (1, S, D)."""
+        shape = list(self.input_shapes[self.dfc_input_layers[layer]])
+        if len(shape) == 4:  # NCHW
+            return (shape[2], shape[3], shape[1])
+        if len(shape) == 3:  # [batch, width, channels]: height 1
+            return (1, shape[1], shape[2])
+        raise ToolchainError(f"Input {self.dfc_input_layers[layer]} has shape {shape}; the DFC "
+                             "stages handle rank 3 and 4 inputs.", "Re-export the model.")
+
+
+def load_network_export(export_dir: Path, model: str) -> NetworkExport:
+    """Read export.json in `export_dir` for `model`; check its ONNX file is there and unchanged."""
+    export_dir = Path(export_dir)
+    if model not in MODELS:
+        raise ToolchainError(f"Unknown model {model!r}.", f"Choose one of: {', '.join(MODELS)}.")
+    meta_path = export_dir / "export.json"
+    if not meta_path.is_file():
+        raise ToolchainError(f"{meta_path} does not exist.",
+                             "Run the export stage first (invoke export), or pass the export "
+                             "directory that contains export.json.")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ToolchainError(f"{meta_path} is not valid JSON: {err}.",
+                             "Run the export stage again.") from None
+    if meta.get("format") != EXPORT_FORMAT or model not in meta:
+        raise ToolchainError(
+            f"{meta_path} is not an export.json of format {EXPORT_FORMAT} with a {model!r} entry.",
+            "Run the export stage again with this version of the toolchain.",
+        )
+    entry = meta[model]
+    try:
+        onnx_path = export_dir / entry["onnx"]
+        inputs = {i["name"]: list(i["shape"]) for i in entry["inputs"]}
+        network = NetworkExport(
+            model=model,
+            variant=str(meta["variant"]),
+            onnx_path=onnx_path,
+            onnx_sha256=meta.get("files", {}).get(entry["onnx"]),
+            net_name=entry["net_name"],
+            start_node_names=tuple(entry["start_node_names"]),
+            end_node_names=tuple(entry["end_node_names"]),
+            net_input_shapes={k: list(v) for k, v in entry.get("net_input_shapes", {}).items()},
+            dfc_input_layers=dict(entry["dfc_input_layers"]),
+            input_shapes=inputs,
+        )
+    except (KeyError, TypeError) as err:
+        raise ToolchainError(f"{meta_path} lacks {err} for the {model}.",
+                             "Run the export stage again.") from None
+    if not network.start_node_names or not network.end_node_names:
+        raise ToolchainError(f"{meta_path}: the {model} has no start or end node names.",
+                             "Run the export stage again.")
+    unknown = set(network.dfc_input_layers.values()) - set(inputs)
+    if unknown:
+        raise ToolchainError(f"{meta_path}: dfc_input_layers name inputs {sorted(unknown)} that the "
+                             f"{model} does not have.", "Run the export stage again.")
+    return network
+
+
+def check_onnx_file(network: NetworkExport) -> str:
+    """The ONNX file's sha256, after checking it exists and matches export.json."""
+    path = network.onnx_path
+    if not path.is_file():
+        raise ToolchainError(f"The {network.model} ONNX {path} does not exist.",
+                             "Run the export stage again (invoke export).")
+    digest = sha256_file(path)
+    if network.onnx_sha256 and digest != network.onnx_sha256:
+        raise ToolchainError(
+            f"The {network.model} ONNX {path} is corrupt or changed since export "
+            f"(sha256 {digest[:12]}..., export.json says {network.onnx_sha256[:12]}...).",
+            "Run the export stage again; do not edit exported files by hand.",
+        )
+    return digest
+
+
+# --- calibration data ---------------------------------------------------------------------------
+
+
+def load_calibration(path: Path, network: NetworkExport) -> CalibData:
+    """The calibration set for `network`: .npy array (one input) or .npz dict (keyed by layer)."""
+    path = Path(path)
+    single = len(network.dfc_input_layers) == 1
+    want = ".npy" if single else ".npz"
+    if not path.is_file():
+        raise ToolchainError(f"Calibration file {path} does not exist.",
+                             "Run the calibration stage first (invoke calib), or pass --calib.")
+    if path.suffix != want:
+        raise ToolchainError(
+            f"Calibration file {path} is a {path.suffix or 'suffix-less'} file, but the "
+            f"{network.model} needs a {want} file "
+            f"({'one NHWC array' if single else 'arrays keyed by input layer name'}).",
+            f"Pass calib/{network.model}_calib{want} from the calibration stage.",
+        )
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ToolchainError(f"Calibration file {path} is not a readable numpy {want} file: {err}.",
+                             "Run the calibration stage again.") from None
+    if single:
+        return loaded
+    with loaded:
+        return {key: loaded[key] for key in loaded.files}
+
+
+def check_calibration(calib: CalibData, network: NetworkExport, hn_inputs: Mapping[str, list],
+                      needed: int, needed_why: str, path: Path) -> int:
+    """Check layout, shapes, dtype and size against the parsed network; return the entry count.
+
+    `hn_inputs` are the parsed HAR's input layers ({name: [-1, H, W, C]}); where the DFC gives a
+    4-D shape it is the authority, otherwise export.json's shapes are converted to NHWC.
+    """
+    layers = sorted(network.dfc_input_layers)
+    if set(hn_inputs) and set(hn_inputs) != set(layers):
+        raise ToolchainError(
+            f"The HAR's input layers {sorted(hn_inputs)} differ from export.json's "
+            f"{layers}: the HAR was parsed from another export.",
+            "Run parse again from this export directory.",
+        )
+    if isinstance(calib, np.ndarray):
+        if len(layers) != 1:
+            raise ToolchainError(f"{path} holds one array, but the {network.model} has inputs {layers}.",
+                                 "Pass the .npz made by the calibration stage.")
+        arrays = {layers[0]: calib}
+    else:
+        arrays = calib
+        if set(arrays) != set(layers):
+            raise ToolchainError(
+                f"{path} has keys {sorted(arrays)}, but the {network.model}'s input layers are {layers}.",
+                "Make the calibration set again for this export (the keys must be the DFC input "
+                "layer names, <net_name>/input_layerN).",
+            )
+    counts = set()
+    for layer in layers:
+        array = arrays[layer]
+        hn_shape = hn_inputs.get(layer) or []
+        expected = tuple(hn_shape[1:]) if len(hn_shape) == 4 else network.expected_calib_shape(layer)
+        got = tuple(array.shape[1:])
+        if array.ndim != 4 or got != tuple(expected):
+            hint = ""
+            if array.ndim == 4 and sorted(got) == sorted(expected):
+                hint = " It looks transposed: the DFC takes NHWC, not the ONNX NCHW layout."
+            raise ToolchainError(
+                f"Calibration data for {layer} in {path} has shape {list(array.shape)}; the DFC "
+                f"expects [N, {', '.join(map(str, expected))}] (NHWC).{hint}",
+                "Make the calibration set again for this export (invoke calib).",
+            )
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ToolchainError(f"Calibration data for {layer} in {path} is {array.dtype}, not float.",
+                                 "Make the calibration set again (float32).")
+        counts.add(int(array.shape[0]))
+    if len(counts) != 1:
+        raise ToolchainError(f"The arrays in {path} have different entry counts {sorted(counts)}.",
+                             "Make the calibration set again; every input needs the same N.")
+    entries = counts.pop()
+    if entries < needed:
+        raise ToolchainError(
+            f"Calibration set {path} has {entries} entries, but the model script needs {needed} "
+            f"({needed_why}).",
+            f"Make a calibration set with at least {needed} entries (invoke calib --size {needed}), "
+            "or use --profile quick, or a model script with a smaller calibset_size/dataset_size.",
+        )
+    return entries
+
+
+# --- the three steps ----------------------------------------------------------------------------
+
+
+def har_path(out_dir: Path, net_name: str, stage: str) -> Path:
+    """<out>/<net>.har after parse, <net>_optimized.har, <net>_compiled.har (hailo-whisper's names)."""
+    suffix = {"parse": "", "optimize": "_optimized", "compile": "_compiled"}[stage]
+    return Path(out_dir) / f"{net_name}{suffix}.har"
+
+
+def parse(network: NetworkExport, arch: str, out_dir: Path) -> dict:
+    """ONNX -> <out_dir>/<net>.har. Returns the result fields (see pipeline/parse.py)."""
+    version = check_dfc_version(arch)
+    onnx_sha256 = check_onnx_file(network)
+    runner = _runner(arch)
+    started = time.monotonic()
+    _dfc_call(
+        "parsing (translate_onnx_model)",
+        runner.translate_onnx_model,
+        str(network.onnx_path),
+        network.net_name,
+        start_node_names=list(network.start_node_names),
+        end_node_names=list(network.end_node_names),
+        net_input_shapes={k: list(v) for k, v in network.net_input_shapes.items()} or None,
+    )
+    hn = _hn(runner)
+    saved = _save_har(runner, har_path(out_dir, network.net_name, "parse"))
+    return {
+        "dfc_version": version,
+        "arch": arch,
+        "model": network.model,
+        "net_name": network.net_name,
+        "onnx": str(network.onnx_path),
+        "onnx_sha256": onnx_sha256,
+        "start_node_names": list(network.start_node_names),
+        "end_node_names": list(network.end_node_names),
+        "net_input_shapes": dict(network.net_input_shapes),
+        "input_layers": input_layer_shapes(hn),
+        "output_layers": output_layer_names(hn),
+        "har": saved["path"],
+        "har_sha256": saved["sha256"],
+        "dfc_s": round(time.monotonic() - started, 3),
+    }
+
+
+def optimize(har: Path, network: NetworkExport, arch: str, calib_path: Path,
+             script: ResolvedScript, out_dir: Path) -> dict:
+    """Parsed HAR -> <out_dir>/<net>_optimized.har, with `script` written to <out_dir>/<net>.alls.
+
+    Everything the DFC would fail on late (calibration layout, shape, size) is checked first.
+    """
+    version = check_dfc_version(arch)
+    har = Path(har)
+    if not har.is_file():
+        raise ToolchainError(f"HAR {har} does not exist.", "Run parse first (python -m pipeline.parse).")
+    needs = script.needs
+    why = f"calibset_size={needs.calibset_size}"
+    if needs.finetune_dataset_size:
+        why += f", fine-tune dataset_size={needs.finetune_dataset_size}"
+    calib = load_calibration(calib_path, network)
+    runner = _runner(arch, har)
+    states = _states(arch)
+    if runner.state != states.HAILO_MODEL:
+        raise ToolchainError(
+            f"HAR {har} is in state {runner.state}, not a parsed model: optimize starts from the "
+            "HAR that parse wrote.",
+            f"Pass {har_path(har.parent, network.net_name, 'parse').name} from parse.",
+        )
+    hn = _hn(runner)
+    entries = check_calibration(calib, network, input_layer_shapes(hn), needs.entries, why, Path(calib_path))
+    alls_path = write_text_atomic(Path(out_dir) / f"{network.net_name}.alls", script.text)
+    started = time.monotonic()
+    _dfc_call("load_model_script", runner.load_model_script, str(alls_path))
+    _dfc_call("optimization (optimize)", runner.optimize, calib)
+    saved = _save_har(runner, har_path(out_dir, network.net_name, "optimize"))
+    return {
+        "dfc_version": version,
+        "arch": arch,
+        "model": network.model,
+        "net_name": network.net_name,
+        "har_in": str(har),
+        "har_in_sha256": sha256_file(har),
+        "calib": str(calib_path),
+        "calib_sha256": sha256_file(calib_path),
+        "calib_entries": entries,
+        "calib_needed": {"calibset_size": needs.calibset_size,
+                         "finetune_dataset_size": needs.finetune_dataset_size},
+        "profile": script.profile,
+        "model_script_source": script.source,
+        "model_script": str(alls_path),
+        "model_script_sha256": sha256_file(alls_path),
+        "noise_analysis": script.noise_analysis,
+        "output_layers": output_layer_names(hn),
+        "har": saved["path"],
+        "har_sha256": saved["sha256"],
+        "dfc_s": round(time.monotonic() - started, 3),
+    }
+
+
+def compile_har(har: Path, arch: str, out_dir: Path) -> dict:
+    """Optimized HAR -> <out_dir>/<net>.hef (atomic) and <net>_compiled.har.
+
+    A stale .hef from an earlier compile is removed first, so a failed compile leaves none.
+    """
+    version = check_dfc_version(arch)
+    har = Path(har)
+    if not har.is_file():
+        raise ToolchainError(f"HAR {har} does not exist.",
+                             "Run optimize first (python -m pipeline.optimize).")
+    runner = _runner(arch, har)
+    states = _states(arch)
+    if runner.state != states.QUANTIZED_MODEL:
+        raise ToolchainError(
+            f"HAR {har} is in state {runner.state}, not an optimized (quantized) model.",
+            "Pass the <net>_optimized.har that optimize wrote.",
+        )
+    net_name = runner.model_name
+    hef_path = Path(out_dir) / f"{net_name}.hef"
+    with contextlib.suppress(FileNotFoundError):
+        hef_path.unlink()
+    started = time.monotonic()
+    hef = _dfc_call("compilation (compile)", runner.compile)
+    if not isinstance(hef, (bytes, bytearray)) or not hef:
+        raise ToolchainError(f"The DFC's compile() returned {type(hef).__name__}, not HEF bytes.",
+                             "Check the DFC version; this toolchain expects compile() -> bytes.")
+    saved = _save_har(runner, har_path(out_dir, net_name, "compile"))
+    write_bytes_atomic(hef_path, bytes(hef))
+    return {
+        "dfc_version": version,
+        "arch": arch,
+        "net_name": net_name,
+        "har_in": str(har),
+        "har_in_sha256": sha256_file(har),
+        "hef": str(hef_path),
+        "hef_sha256": sha256_file(hef_path),
+        "hef_bytes": len(hef),
+        "compiled_har": saved["path"],
+        "compiled_har_sha256": saved["sha256"],
+        "dfc_s": round(time.monotonic() - started, 3),
+    }
+
+
+# --- running a step as a stage: console capture, timeline, result JSON ------------------------
+
+
+RESULT_FORMAT = 1
+
+
+def run_stage(stage: str, out_dir: Path, work, log: Optional[Path] = None) -> dict:
+    """Run `work()` (one of parse/optimize/compile_har above), then write <out_dir>/<stage>.json.
+
+    The DFC's console output is teed into <out_dir>/<stage>-dfc.log while it runs and parsed into
+    the result's "timeline" and "summary" (pipeline/timeline.py). With `log`, that file (e.g. the
+    launcher's logs/<model>-<stage>.log) is parsed instead and nothing is captured. A stale result
+    JSON is removed first; a failed step writes none, so its presence means success.
+    """
+    from datetime import datetime, timezone
+
+    from pipeline import timeline
+    from pipeline.files import write_json_atomic
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result_path = out_dir / f"{stage}.json"
+    with contextlib.suppress(FileNotFoundError):
+        result_path.unlink()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = time.monotonic()
+    if log is None:
+        log = out_dir / f"{stage}-dfc.log"
+        with timeline.capture_console(log):
+            fields = work()
+    else:
+        fields = work()
+    parsed = timeline.parse_log_file(log) if Path(log).is_file() else {"events": [], "summary": {}}
+    result = {
+        "format": RESULT_FORMAT,
+        "stage": stage,
+        "ok": True,
+        "started_at": started_at,
+        "duration_s": round(time.monotonic() - started, 3),
+        **fields,
+        "dfc_is_test_double": "testdouble" in fields.get("dfc_version", ""),
+        "log": str(log),
+        "timeline": parsed["events"],
+        "summary": parsed["summary"],
+    }
+    if stage == "optimize":
+        result["snr_db"] = parsed["summary"].get("snr_db", {})
+    if stage == "compile":
+        result["contexts"] = parsed["summary"].get("contexts")
+    write_json_atomic(result_path, result)
+    return result
+
+
+def cli_main(parser, run, argv=None) -> int:
+    """Shared entry point: parse flags, run, print 'error: ...' and exit 2 on a ToolchainError."""
+    import sys
+
+    args = parser.parse_args(argv)
+    try:
+        result = run(args)
+    except ToolchainError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
+    print(json.dumps({k: v for k, v in result.items() if k not in ("timeline",)}, indent=2))
+    return 0
