@@ -242,18 +242,15 @@ def _native_dfc_identity(env: Mapping[str, str]) -> dict:
     """The DFC the native stages will import: its distribution version and location.
 
     Asked in a subprocess with the stages' environment (PYTHONPATH may point elsewhere), and
-    without importing hailo_sdk_client, which would start TensorFlow.
+    without importing hailo_sdk_client, which would start TensorFlow. A package that is not an
+    installed distribution (e.g. on PYTHONPATH) is known by its location only; the stage results
+    then report its version.
     """
     probe = (
         "import importlib.util, importlib.metadata, json\n"
         "spec = importlib.util.find_spec('hailo_sdk_client')\n"
         "try:\n    version = importlib.metadata.version('hailo_dataflow_compiler')\n"
         "except importlib.metadata.PackageNotFoundError:\n    version = None\n"
-        "if version is None and spec is not None:\n"
-        "    import pathlib, re\n"
-        "    init = pathlib.Path(spec.origin).read_text(errors='replace') if spec.origin else ''\n"
-        "    m = re.search(r\"__version__\\s*=\\s*['\\\"]([^'\\\"]+)\", init)\n"
-        "    version = m.group(1) if m else None\n"
         "print(json.dumps({'origin': spec.origin if spec else None, 'version': version}))\n"
     )
     import os
@@ -337,10 +334,16 @@ def preflight(options: BuildOptions, spec: BuildSpec, layout: Layout, doctor_pro
             except ToolchainError as err:
                 blockers.append(f"model script: {err}")
     try:
-        for model in MODELS:
-            _resolved_script(options, spec, model)
+        needed = calibration_entries_needed(options, spec)
     except ToolchainError as err:
         blockers.append(f"model script: {err}")
+    else:
+        if options.calib_size is not None and options.calib_size < needed:
+            blockers.append(
+                f"calibration size: --calib-size {options.calib_size} is below the {needed} entries the "
+                f"model scripts need (profile {options.profile}). Fix: drop --calib-size, raise it to "
+                f"{needed}, or use a model script that needs fewer (--profile quick)."
+            )
 
     if blockers:
         raise ToolchainError(
@@ -360,6 +363,11 @@ def preflight(options: BuildOptions, spec: BuildSpec, layout: Layout, doctor_pro
         wheel_is_test_double=bool(wheel and wheel.is_test_double),
         warnings=tuple(warnings),
     )
+
+
+def calibration_entries_needed(options: BuildOptions, spec: BuildSpec) -> int:
+    """The most calibration entries either model script uses (calibset_size, fine-tune dataset_size)."""
+    return max(_resolved_script(options, spec, m).needs.entries for m in MODELS)
 
 
 def _audio_files(directory: Path) -> list[Path]:
@@ -518,10 +526,11 @@ class _Builder:
         meta = self.read_export()
         return [self.layout.export_json] + [self.layout.export_dir / name for name in sorted(meta.get("files", {}))]
 
+    def calib_needed(self) -> int:
+        return calibration_entries_needed(self.options, self.spec)
+
     def calib_size(self) -> int:
-        if self.options.calib_size is not None:
-            return self.options.calib_size
-        return max(_resolved_script(self.options, self.spec, m).needs.entries for m in MODELS)
+        return self.options.calib_size if self.options.calib_size is not None else self.calib_needed()
 
     def audio_dir(self) -> Path:
         if self.options.calib_dir is not None:
@@ -539,12 +548,13 @@ class _Builder:
     def encoder_calib(self) -> None:
         lay, tool = self.layout, self.tools["export"]
         audio = self.audio_dir()
-        size = self.calib_size()
+        size, needed = self.calib_size(), self.calib_needed()
+        # --min-entries: a set too small for the fine-tune fails here, not hours into optimize.
         argv = ["python", "-m", "calib", "encoder", "--audio", str(audio), "--seconds", f"{self.spec.seconds:g}",
-                "--size", str(size), "--out", str(lay.encoder_calib)]
+                "--size", str(size), "--min-entries", str(needed), "--out", str(lay.encoder_calib)]
         inputs = StageInputs(
             files={f"audio/{p.relative_to(audio)}": p for p in _audio_files(audio)},
-            params={"seconds": self.spec.seconds, "size": size},
+            params={"seconds": self.spec.seconds, "size": size, "min_entries": needed},
             tool=self.tool_identity(tool, "calib.__main__", "calib"),
         )
         read_only = [audio] if self.options.calib_dir is not None else []

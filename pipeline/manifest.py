@@ -213,9 +213,12 @@ def render_report(manifest: Mapping[str, Any]) -> str:
     for stage, rec in manifest["stages"].items():
         lines.append(f"| {stage} | {rec['finished_at'] if rec else '-'} | {_fmt_s(rec['duration_s']) if rec else '-'} |")
     lines += ["", "## Export parity (max abs difference)", ""]
-    if manifest["parity"]:
+    parity = {k: v for k, v in manifest["parity"].items() if isinstance(v, (int, float))}
+    tolerances = manifest["parity"].get("tolerances") or {}
+    if parity:
         lines += ["| check | value |", "| --- | --- |"]
-        lines += [f"| {k} | {v} |" for k, v in sorted(manifest["parity"].items())]
+        lines += [f"| {k} | {v:.3g}" + (f" (tolerance {tolerances[k]:g})" if k in tolerances else "") + " |"
+                  for k, v in sorted(parity.items())]
     else:
         lines.append("export.json reports no parity figures.")
     lines += ["", f"## Quantization SNR (warning below {LOW_SNR_DB:g} dB)", ""]

@@ -1,0 +1,91 @@
+"""Deployment bundle: files copied intact, config.json values, README, rehearsal banner."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from pipeline.bundle import NOT_DEPLOYABLE_BANNER, bundle_files, make_bundle
+from pipeline.files import sha256_file
+from pipeline.tables import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE, resolve_spec
+
+
+def _export(spec):
+    d = 384
+    return {
+        "d_model": d, "vocab_size": 51865,
+        "encoder": {"net_name": spec.encoder_net_name, "onnx": "enc.onnx",
+                    "inputs": [{"name": "input_features", "shape": [1, 80, 1, spec.frames]}],
+                    "outputs": [{"name": "encoder_states", "shape": [1, spec.encoder_positions, d]}],
+                    "dfc_input_layers": {f"{spec.encoder_net_name}/input_layer1": "input_features"}},
+        "decoder": {"net_name": spec.decoder_net_name, "onnx": "dec.onnx",
+                    "inputs": [{"name": "encoder_states", "shape": [1, spec.encoder_positions, d]},
+                               {"name": "decoder_embeddings", "shape": [1, spec.seq_len, d]}],
+                    "outputs": [{"name": f"logits_{i}", "shape": [1, spec.seq_len, 12967]} for i in range(4)],
+                    "dfc_input_layers": {f"{spec.decoder_net_name}/input_layer1": "encoder_states",
+                                         f"{spec.decoder_net_name}/input_layer2": "decoder_embeddings"}},
+        "host_assets": {"token_embedding": "token_embedding.npy",
+                        "positional_embedding": f"positional_embedding_seq{spec.seq_len}.npy",
+                        "tokenizer_files": ["tokenizer.json", "vocab.json"]},
+        "tokens": {"end_of_text": 50257, "prompt": [50258, 50259, 50359, 50363]},
+    }
+
+
+def _inputs(tmp_path, spec):
+    export_dir = tmp_path / "export"
+    export_dir.mkdir()
+    export = _export(spec)
+    np.save(export_dir / "token_embedding.npy", np.arange(12, dtype=np.float32).reshape(4, 3))
+    np.save(export_dir / export["host_assets"]["positional_embedding"], np.ones((spec.seq_len, 3), np.float32))
+    (export_dir / "tokenizer.json").write_text('{"model": "bpe"}')
+    (export_dir / "vocab.json").write_text('{"a": 0}')
+    hefs = {}
+    for model in ("encoder", "decoder"):
+        hefs[model] = tmp_path / f"{export[model]['net_name']}.hef"
+        hefs[model].write_bytes(f"HEF {model}".encode())
+    return export, export_dir, hefs
+
+
+def test_bundle_holds_every_file_intact_and_a_config(tmp_path):
+    spec = resolve_spec("tiny", "hailo8l", 2, 8)
+    export, export_dir, hefs = _inputs(tmp_path, spec)
+    out = tmp_path / "bundle"
+    written = make_bundle(out, spec=spec, export=export, export_dir=export_dir, hefs=hefs,
+                          dfc_version="3.31.0", rehearsal=False)
+    assert written == bundle_files(out, export)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)
+    for model, hef in hefs.items():
+        assert sha256_file(out / hef.name) == sha256_file(hef)
+    for name in ("token_embedding.npy", "positional_embedding_seq8.npy", "tokenizer.json", "vocab.json"):
+        assert sha256_file(out / name) == sha256_file(export_dir / name)
+    config = json.loads((out / "config.json").read_text())
+    assert config["deployable"] is True and config["not_deployable_reason"] is None
+    assert (config["variant"], config["arch"], config["input_seconds"], config["seq_len"]) == ("tiny", "hailo8l", 2.0, 8)
+    assert config["dfc_version"] == "3.31.0"
+    expected_mel = {"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop_length": HOP_LENGTH, "n_mels": N_MELS,
+                    "frames": 200}
+    assert {k: config["mel"][k] for k in expected_mel} == expected_mel
+    assert config["encoder"]["hef"] == f"{spec.encoder_net_name}.hef"
+    assert [o["name"] for o in config["decoder"]["onnx_outputs"]] == ["logits_0", "logits_1", "logits_2", "logits_3"]
+    assert config["decoder"]["hef_input_layers"][f"{spec.decoder_net_name}/input_layer2"] == "decoder_embeddings"
+    assert config["tokens"]["prompt"] == [50258, 50259, 50359, 50363]
+    readme = (out / "README.md").read_text()
+    for needle in ("VDevice", "create_infer_model", "configure()", "create_bindings", "host",
+                   "positional_embedding_seq8.npy", f"{spec.decoder_net_name}.hef", "concatenate"):
+        assert needle in readme, needle
+    assert "NOT DEPLOYABLE" not in readme
+
+
+def test_rehearsal_bundle_says_not_deployable(tmp_path):
+    spec = resolve_spec("tiny", "hailo8l", 2, 8)
+    export, export_dir, hefs = _inputs(tmp_path, spec)
+    out = tmp_path / "bundle"
+    make_bundle(out, spec=spec, export=export, export_dir=export_dir, hefs=hefs,
+                dfc_version="3.31.0+testdouble", rehearsal=True)
+    config = json.loads((out / "config.json").read_text())
+    assert config["deployable"] is False
+    assert config["not_deployable_reason"] == NOT_DEPLOYABLE_BANNER
+    assert "NOT DEPLOYABLE" in (out / "README.md").read_text().splitlines()[2]
+    # Nothing half-written is left behind by the atomic copies.
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
