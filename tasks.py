@@ -118,6 +118,74 @@ def export(c, variant="tiny", seconds=None, seq_len=None, model=None, out=None, 
 
 # --- DFC stages (pipeline/dfc.py, pipeline/optimize.py, pipeline/compile.py) -------------------
 
+
+def _dfc_models(model):
+    return ("encoder", "decoder") if model == "both" else (model,)
+
+
+@task(
+    help={
+        "variant": "names the default build dir build/<variant>-<arch> (default tiny)",
+        "arch": "hailo8 | hailo8l (DFC 3.x) | hailo10h (DFC 5.x)",
+        "model": "encoder | decoder | both (default both)",
+        "profile": "full (hailo-whisper's settings, hours on a GPU) | quick (level 0, no fine-tune, minutes)",
+        "model_script": "an .alls file to use instead of the profile",
+        "noise_analysis": "run the layer noise analysis (SNR per output) even where the script does not",
+        "build_dir": "build directory (default build/<variant>-<arch>)",
+    }
+)
+@_friendly_errors
+def optimize(c, variant="tiny", arch="hailo8l", model="both", profile="full", model_script=None,
+             noise_analysis=False, build_dir=None):
+    """Parse (if needed) and optimize with the DFC installed HERE (no container; `invoke build` uses one)."""
+    from pathlib import Path
+
+    from pipeline.optimize import optimize_build
+
+    build = Path(build_dir) if build_dir else Path("build") / f"{variant}-{arch}"
+    results = optimize_build(build, arch, _dfc_models(model), profile,
+                             Path(model_script) if model_script else None, noise_analysis)
+    for name, result in results.items():
+        print(f"{name}: {result['har']} (SNR {result['snr_db'] or 'not measured'})")
+
+
+@task(
+    help={
+        "variant": "names the default build dir build/<variant>-<arch> (default tiny)",
+        "arch": "hailo8 | hailo8l (DFC 3.x) | hailo10h (DFC 5.x)",
+        "model": "encoder | decoder | both (default both)",
+        "build_dir": "build directory (default build/<variant>-<arch>)",
+    }
+)
+@_friendly_errors
+def compile(c, variant="tiny", arch="hailo8l", model="both", build_dir=None):
+    """Compile optimized HARs to HEFs with the DFC installed HERE (no container)."""
+    from pathlib import Path
+
+    from pipeline.compile import compile_build
+
+    build = Path(build_dir) if build_dir else Path("build") / f"{variant}-{arch}"
+    for name, result in compile_build(build, arch, _dfc_models(model)).items():
+        print(f"{name}: {result['hef']} ({result['contexts']} contexts, sha256 {result['hef_sha256'][:12]})")
+
+
+@task(
+    name="dfc-double-wheel",
+    help={
+        "dest": "folder for the wheel (default vendor)",
+        "version": "e.g. 3.31.0+testdouble (Hailo-8/8L) or 5.1.0+testdouble (Hailo-10H)",
+    },
+)
+@_friendly_errors
+def dfc_double_wheel(c, dest="vendor", version="3.31.0+testdouble"):
+    """Build the DFC TEST DOUBLE wheel (not deployable) for rehearsals and container tests."""
+    from pathlib import Path
+
+    from pipeline.dfc import build_test_double_wheel
+
+    print(build_test_double_wheel(Path("tests/dfc_double"), Path(dest), version))
+
+
 # --- containers (pipeline/containers.py) -------------------------------------------------------
 
 

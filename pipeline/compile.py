@@ -57,3 +57,20 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def compile_build(build_dir: Path, arch: str, models=("encoder", "decoder")) -> dict:
+    """`invoke compile`: compile <build>/dfc/<model>/<net>_optimized.har for each model."""
+    build_dir = Path(build_dir)
+    results = {}
+    for model in models:
+        network = dfc.load_network_export(build_dir / "export", model)
+        out = build_dir / "dfc" / model
+        har = dfc.har_path(out, network.net_name, "optimize")
+        if not har.is_file():
+            from pipeline.errors import ToolchainError
+
+            raise ToolchainError(f"{har} does not exist: the {model} is not optimized yet.",
+                                 f"Run `invoke optimize --model {model}` first.")
+        results[model] = run_compile(CompileConfig(har, arch, out))
+    return results

@@ -91,3 +91,29 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def optimize_build(build_dir: Path, arch: str, models=("encoder", "decoder"), profile: str = "full",
+                   model_script: Optional[Path] = None, noise_analysis: bool = False) -> dict:
+    """`invoke optimize`: in a build directory's layout, parse each model if its HAR is missing
+    (the model zoo's "ensure parsed"), then optimize it. Returns {model: optimize result}.
+
+    Layout: <build>/export/export.json, <build>/calib/encoder_calib.npy|decoder_calib.npz,
+    outputs in <build>/dfc/<model>/.
+    """
+    from pipeline.parse import ParseConfig, run_parse
+
+    build_dir = Path(build_dir)
+    export_dir = build_dir / "export"
+    results = {}
+    for model in models:
+        network = dfc.load_network_export(export_dir, model)
+        out = build_dir / "dfc" / model
+        har = dfc.har_path(out, network.net_name, "parse")
+        if not (har.is_file() and (out / "parse.json").is_file()):
+            run_parse(ParseConfig(export_dir, model, arch, out))
+        calib = build_dir / "calib" / ("encoder_calib.npy" if model == "encoder" else "decoder_calib.npz")
+        results[model] = run_optimize(OptimizeConfig(
+            har=har, model=model, export_dir=export_dir, calib=calib, arch=arch, out_dir=out,
+            profile=profile, model_script=model_script, noise_analysis=noise_analysis))
+    return results
