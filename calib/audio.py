@@ -32,6 +32,9 @@ AUDIO_EXTENSIONS = frozenset(
 # A window whose peak stays below this (about -80 dBFS, under 16-bit dither) carries no signal.
 SILENCE_PEAK = 1e-4
 
+# 16 kHz samples decoded before and after a resampled span (the resampler's filter reach).
+_RESAMPLE_MARGIN = 512
+
 
 @dataclass(frozen=True)
 class Skip:
@@ -114,21 +117,25 @@ def read_span(
     resampled with soxr (high quality) when the file is not 16 kHz. Returns [n] float32, n <=
     length_16k (shorter at the end of the file). Raises on corrupt data.
     """
-    ratio = info.sample_rate / SAMPLE_RATE
-    start = int(round(start_16k * ratio))
-    # A few extra source frames on each side keep the resampler's edges out of the span.
-    margin = 0 if info.sample_rate == SAMPLE_RATE else 64
-    first = max(0, start - margin)
-    count = int(math.ceil(length_16k * ratio)) + (start - first) + margin
+    rate = info.sample_rate
+    if rate == SAMPLE_RATE:
+        first_16k = start_16k
+    else:
+        # Start a little early so the resampler's edge falls outside the span, on a 16 kHz sample
+        # that is also a whole source frame (22.05 kHz: every 320th), so the span lines up exactly
+        # with a whole-file decode.
+        step = SAMPLE_RATE // math.gcd(rate, SAMPLE_RATE)
+        first_16k = max(0, (start_16k - _RESAMPLE_MARGIN) // step * step)
+    first = first_16k * rate // SAMPLE_RATE
+    end = min(info.frames, math.ceil((start_16k + length_16k + _RESAMPLE_MARGIN) * rate / SAMPLE_RATE))
     with soundfile.SoundFile(str(Path(root, info.path))) as f:
         if first:
             f.seek(first)
-        data = f.read(count, dtype="float32", always_2d=True)  # [frames, channels]
+        data = f.read(max(0, end - first), dtype="float32", always_2d=True)  # [frames, channels]
     mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-    if info.sample_rate != SAMPLE_RATE:
-        mono = soxr.resample(mono, info.sample_rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
-        lead = int(round((start - first) / ratio))
-        mono = mono[lead:]
+    if rate != SAMPLE_RATE:
+        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
+    mono = mono[start_16k - first_16k :]
     return np.ascontiguousarray(mono[:length_16k], dtype=np.float32)
 
 

@@ -165,7 +165,7 @@ class _SlotWriter:
                 os.posix_fallocate(f.fileno(), 0, os.path.getsize(path))
             except OSError as err:
                 raise ToolchainError(
-                    f"Cannot reserve {os.path.getsize(path) / 1e9:.2f} GB for {str(path)!r}: {err.strderr}.",
+                    f"Cannot reserve {os.path.getsize(path) / 1e9:.2f} GB for {str(path)!r}: {err.strerror}.",
                     "Free disk space there, or pass a smaller --size / another --out folder.",
                 ) from None
         self.row_bytes = frames * N_MELS * 4
@@ -268,8 +268,8 @@ def build_encoder_set(config: EncoderSetConfig) -> EncoderSetResult:
     ).reshape(-1, 2)
     order = np.random.default_rng(config.seed).permutation(len(candidates))
     capacity = min(config.size, len(candidates))
-    if capacity == 0:
-        raise _too_few(config, 0, len(files), skipped)
+    if capacity == 0 or capacity < config.min_entries:  # not even counting silent windows: fail early
+        raise _too_few(config, capacity, len(files), skipped)
 
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
