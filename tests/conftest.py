@@ -76,3 +76,30 @@ def speech_dir(tmp_path_factory):
                        check=True, capture_output=True)
         raw.unlink()
     return folder
+
+
+@pytest.fixture(scope="session")
+def docker_test_image(tmp_path_factory):
+    """Factory: docker_test_image("export" | "dfc3") -> pipeline.docker_engine.ImageRef.
+
+    Real images built FROM a debootstrapped Debian (no registry) with a host wheelhouse; dfc3
+    holds the DFC test double wheel. Cached by content tag (tests/docker_fixtures.py), so only a
+    fresh machine pays for the builds. Skips when no Docker daemon answers.
+    """
+    import docker
+
+    try:
+        docker.from_env().ping()
+    except Exception as err:  # the daemon's absence is reported, not failed, outside CI
+        pytest.skip(f"no Docker daemon: {err}")
+    from tests.docker_fixtures import build_test_image
+
+    vendor_dir = tmp_path_factory.mktemp("vendor")
+    made = {}
+
+    def make(target: str):
+        if target not in made:
+            made[target] = build_test_image(target, vendor_dir)
+        return made[target]
+
+    return make

@@ -5,6 +5,7 @@ Reusable by any test module (the end-to-end build test too):
     ensure_test_base_image() -> "whisper-hailo-test-base:bookworm"
     ensure_wheelhouse(extra_wheels=()) -> Path
     ensure_dfc_test_wheel(vendor_dir) -> Path   (the DFC test double as a wheel, or a dev stand-in)
+    build_test_image(target, vendor_dir) -> ImageRef   (export or dfc3 FROM the test base, offline)
 Everything is cached (image by tag, wheelhouse by the hash of the constraints files), so only the
 first run on a fresh machine pays for debootstrap, pip download and the image builds.
 """
@@ -20,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.docker_engine import REPO_ROOT
+from pipeline.docker_engine import REPO_ROOT, ImageRef, ensure_image
 
 TEST_BASE_IMAGE = "whisper-hailo-test-base:bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -101,8 +102,9 @@ def ensure_dfc_test_wheel(vendor_dir: Path) -> Path:
     existing = sorted(vendor_dir.glob("hailo_dataflow_compiler-3.*.whl"))
     if existing:
         return existing[0]
-    if (REPO_ROOT / "tests" / "dfc_double").is_dir():
-        invoke = Path(sys.executable).with_name("invoke")
+    invoke = Path(sys.executable).with_name("invoke")
+    listing = subprocess.run([str(invoke), "--list"], capture_output=True, text=True, cwd=REPO_ROOT).stdout
+    if "dfc-double-wheel" in listing:
         subprocess.run([str(invoke), "dfc-double-wheel", "--dest", str(vendor_dir)], check=True, cwd=REPO_ROOT)
         wheels = sorted(vendor_dir.glob("hailo_dataflow_compiler-3.*.whl"))
         if wheels:
@@ -127,6 +129,38 @@ def _stand_in_wheel(vendor_dir: Path) -> Path:
             zf.writestr(arcname, text)
         zf.writestr(f"{dist_info}/RECORD", record)
     return path
+
+
+def build_test_image(target: str, vendor_dir: Path) -> ImageRef:
+    """The `target` image built FROM the debootstrapped base with the host wheelhouse (no network
+    inside the build). For dfc3 the DFC test double wheel goes into vendor_dir and its own
+    dependencies into the wheelhouse."""
+    base = ensure_test_base_image()
+    wheelhouse = ensure_wheelhouse()
+    if target != "export":
+        wheel = ensure_dfc_test_wheel(Path(vendor_dir))
+        _add_dependencies(wheelhouse, wheel)
+    return ensure_image(
+        target, base_image=base, wheelhouse=wheelhouse, vendor_dir=Path(vendor_dir),
+        log_dir=CACHE_DIR / "image-logs",
+    )
+
+
+def _add_dependencies(wheelhouse: Path, wheel: Path) -> None:
+    """Download what `wheel` requires into the wheelhouse (not the wheel itself)."""
+    marker = wheelhouse / f".deps-{hashlib.sha256(wheel.read_bytes()).hexdigest()[:16]}"
+    if marker.exists():
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--dest", tmp, "--only-binary=:all:",
+             "-c", str(CONSTRAINTS[1]), str(wheel)],
+            check=True,
+        )
+        for path in Path(tmp).iterdir():
+            if not path.name.startswith("hailo_dataflow_compiler-") and not (wheelhouse / path.name).exists():
+                shutil.copy2(path, wheelhouse / path.name)
+    marker.write_text("ok\n")
 
 
 if __name__ == "__main__":  # warm the caches by hand: python -m tests.docker_fixtures
