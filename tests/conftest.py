@@ -103,3 +103,56 @@ def docker_test_image(tmp_path_factory):
         return made[target]
 
     return make
+
+
+# --- DFC stages: a tiny real export and the DFC test double -------------------------------------
+
+DFC_DOUBLE_DIR = __import__("pathlib").Path(__file__).parent / "dfc_double"
+TINY_EXPORT = {"variant": "tiny", "arch": "hailo8l", "seconds": 1, "seq_len": 8}
+
+
+@pytest.fixture(scope="session")
+def tiny_export_dir(random_whisper_dir, tmp_path_factory):
+    """A real pipeline.export of a random-init tiny Whisper at 1 s input, decoder seq_len 8
+    (export.json + ONNX files; about half a minute, once per session). Treat as read-only:
+    copy it (shutil.copytree) before changing anything."""
+    from pipeline.export import ExportConfig, export_whisper
+    from pipeline.tables import resolve_spec
+
+    spec = resolve_spec(TINY_EXPORT["variant"], TINY_EXPORT["arch"], TINY_EXPORT["seconds"],
+                        TINY_EXPORT["seq_len"])
+    out = tmp_path_factory.mktemp("tiny-export")
+    export_whisper(ExportConfig(spec=spec, out_dir=out, model=str(random_whisper_dir("tiny")),
+                                allow_download=False))
+    return out
+
+
+@pytest.fixture
+def dfc_double(monkeypatch):
+    """Put the DFC test double (tests/dfc_double) on sys.path and PYTHONPATH for this test.
+
+    Returns a function `version(v)` that sets the version it reports (default 3.31.0+testdouble).
+    Clears its HAILO_DOUBLE_* settings, and forgets the imported module afterwards so the next
+    test starts clean.
+    """
+    import os
+    import sys
+
+    for name in ("HAILO_DOUBLE_VERSION", "HAILO_DOUBLE_FAIL_AT", "HAILO_DOUBLE_HANG_AT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.syspath_prepend(str(DFC_DOUBLE_DIR))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(DFC_DOUBLE_DIR), os.environ.get("PYTHONPATH")) if p))
+
+    def forget():
+        for module in [m for m in sys.modules if m == "hailo_sdk_client" or m.startswith("hailo_sdk_client.")]:
+            del sys.modules[module]
+
+    forget()
+
+    def version(value: str) -> None:
+        monkeypatch.setenv("HAILO_DOUBLE_VERSION", value)
+        forget()
+
+    yield version
+    forget()
