@@ -177,12 +177,17 @@ def compile(c, variant="tiny", arch="hailo8l", model="both", build_dir=None):
     },
 )
 @_friendly_errors
-def dfc_double_wheel(c, dest="vendor", version="3.31.0+testdouble"):
-    """Build the DFC TEST DOUBLE wheel (not deployable) for rehearsals and container tests."""
+def dfc_double_wheel(c, dest="vendor", version=None):
+    """Build the DFC TEST DOUBLE wheel (not deployable) for rehearsals and container tests.
+
+    Version: --version, else $HAILO_DOUBLE_VERSION, else 3.31.0+testdouble.
+    """
+    import os
     from pathlib import Path
 
     from pipeline.dfc import build_test_double_wheel
 
+    version = version or os.environ.get("HAILO_DOUBLE_VERSION") or "3.31.0+testdouble"
     print(build_test_double_wheel(Path("tests/dfc_double"), Path(dest), version))
 
 

@@ -260,6 +260,7 @@ def capture_console(path: str | os.PathLike) -> Iterator[Path]:
     sink = open(path, "wb")
     lock = threading.Lock()
     saved, threads = [], []
+    previous_streams = None
     try:
         for fd in (1, 2):
             original = os.dup(fd)
@@ -271,11 +272,18 @@ def capture_console(path: str | os.PathLike) -> Iterator[Path]:
                                       daemon=True)
             thread.start()
             threads.append(thread)
+        # Python-level writers go straight to the descriptors while capturing, even where
+        # sys.stdout had been replaced by something that bypasses them (pytest, notebooks).
+        previous_streams = (sys.stdout, sys.stderr)
+        sys.stdout = open(1, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace")
+        sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace")
         yield path
     finally:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
+        if previous_streams is not None:
+            sys.stdout, sys.stderr = previous_streams
         for fd, original in saved:
             os.dup2(original, fd)  # closes the pipe's last write end: the pump sees EOF
         for thread in threads:
