@@ -152,6 +152,10 @@ class Layout:
         return self.calib_dir / "decoder_calib.npz"
 
     @property
+    def decoder_calib_manifest(self) -> Path:
+        return self.calib_dir / "decoder_calib.manifest.json"
+
+    @property
     def download_dir(self) -> Path:
         return self.calib_dir / "download"
 
@@ -570,7 +574,8 @@ class _Builder:
             tool=self.tool_identity(tool, "calib.__main__", "calib"),
         )
         self.stage("decoder-calib", inputs, lambda: self.launch("decoder-calib", tool, argv),
-                   lambda: [lay.decoder_calib], context={"tool": tool.to_json()})
+                   lambda: [p for p in (lay.decoder_calib, lay.decoder_calib_manifest) if p.exists()],
+                   context={"tool": tool.to_json()})
 
     def _export_files(self) -> dict[str, Path]:
         return {f"export/{p.name}": p for p in self._export_outputs()}

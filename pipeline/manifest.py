@@ -217,8 +217,10 @@ def render_report(manifest: Mapping[str, Any]) -> str:
     tolerances = manifest["parity"].get("tolerances") or {}
     if parity:
         lines += ["| check | value |", "| --- | --- |"]
-        lines += [f"| {k} | {v:.3g}" + (f" (tolerance {tolerances[k]:g})" if k in tolerances else "") + " |"
-                  for k, v in sorted(parity.items())]
+        lines += [f"| {k} | {v:.3g} |" for k, v in sorted(parity.items())]
+        if tolerances:
+            lines += ["", "Tolerances the export enforced: "
+                      + ", ".join(f"{k} ≤ {v:g}" for k, v in sorted(tolerances.items())) + "."]
     else:
         lines.append("export.json reports no parity figures.")
     lines += ["", f"## Quantization SNR (warning below {LOW_SNR_DB:g} dB)", ""]

@@ -1,0 +1,264 @@
+"""invoke build: options, preflight, code fingerprints, and the whole flow end to end.
+
+The end-to-end tests run every stage for real (export of a random-init tiny Whisper, calibration
+sets from espeak-ng speech, ONNX Runtime) with the DFC test double from tests/dfc_double in place
+of the licensed DFC: natively (`--no-docker`, the double on the stages' PYTHONPATH) and through
+real Docker (the double installed as a wheel in the dfc3 image). One build directory serves the
+sequence full build -> no-op -> model script change -> killed in optimize -> resume -> lock.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from pipeline.build import BuildOptions, code_fingerprint, preflight, run_build, Layout
+from pipeline.build_lock import BuildLock
+from pipeline.errors import ToolchainError
+from pipeline.model_scripts import resolve_model_script
+from pipeline.stage_cache import STAGE_ORDER
+
+TESTS = Path(__file__).resolve().parent
+DFC_DOUBLE = TESTS / "dfc_double"
+SECONDS, SEQ_LEN = 1, 8
+
+
+# --- options and preflight -------------------------------------------------------------------------
+
+
+def test_options_refuse_bad_combinations_with_the_fix(tmp_path):
+    with pytest.raises(ToolchainError, match="No calibration audio") as err:
+        BuildOptions()
+    assert "--calib DIR" in err.value.fix
+    with pytest.raises(ToolchainError, match="--calib and --calib-download"):
+        BuildOptions(calib_dir=tmp_path, calib_download=True)
+    with pytest.raises(ToolchainError, match="Unknown profile 'fast'"):
+        BuildOptions(calib_dir=tmp_path, profile="fast")
+    with pytest.raises(ToolchainError, match="'optimise' is not a stage"):
+        BuildOptions(calib_dir=tmp_path, force=("optimise",))
+    with pytest.raises(ToolchainError, match="Unknown Whisper variant 'small'"):
+        BuildOptions(calib_dir=tmp_path, variant="small").spec
+    options = BuildOptions(calib_dir=tmp_path, variant="base", arch="hailo10h")
+    assert options.build_dir == Path("build/base-hailo10h").absolute()
+    assert (options.spec.seconds, options.spec.seq_len) == (5, 24)
+
+
+def test_preflight_reports_every_blocker_at_once_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    options = BuildOptions(
+        model=str(tmp_path / "no-such-model"),
+        calib_dir=tmp_path / "no-such-audio",
+        model_script=tmp_path / "missing.alls",
+        calib_size=3,
+        cpu=True,
+        no_docker=True,
+        out=tmp_path / "out",
+        vendor_dir=tmp_path / "vendor",
+    )
+    with pytest.raises(ToolchainError) as err:
+        preflight(options, options.spec, Layout(options.build_dir))
+    text = str(err.value)
+    assert "blocker(s)" in text
+    for needle in ("no-such-model is not a folder", "no-such-audio is not a folder",
+                   "missing.alls does not exist"):
+        assert needle in text, needle
+    if importlib.util.find_spec("hailo_sdk_client") is None:  # the doctor's check, natively
+        assert "hailo_sdk_client is not installed" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_preflight_refuses_a_calib_size_below_the_scripts_needs(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(DFC_DOUBLE))
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    (audio / "a.wav").write_bytes(b"RIFF")
+    options = BuildOptions(calib_dir=audio, calib_size=3, profile="quick", cpu=True, no_docker=True,
+                           out=tmp_path / "out", vendor_dir=tmp_path / "vendor")
+    needed = resolve_model_script("tiny", "hailo8l", "encoder", "quick").needs.entries
+    with pytest.raises(ToolchainError, match=f"--calib-size 3 is below the {needed} entries"):
+        preflight(options, options.spec, Layout(options.build_dir))
+
+
+def test_code_fingerprint_follows_imports_only(tmp_path, monkeypatch):
+    pkg = tmp_path / "fpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "stage.py").write_text("from fpkg import helper\nfrom .sub import thing\n")
+    (pkg / "helper.py").write_text("X = 1\n")
+    (pkg / "sub.py").write_text("thing = 1\n")
+    (pkg / "unrelated.py").write_text("Y = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+
+    def fp():
+        return code_fingerprint(["fpkg.stage"], packages=("fpkg",))
+
+    first = fp()
+    (pkg / "unrelated.py").write_text("Y = 2\n")
+    assert fp() == first
+    (pkg / "helper.py").write_text("X = 2\n")
+    second = fp()
+    assert second != first
+    (pkg / "sub.py").write_text("thing = 2\n")
+    assert fp() != second
+
+
+# --- end to end --------------------------------------------------------------------------------
+
+
+def _expected_files(build: Path) -> list[str]:
+    export = json.loads((build / "export" / "export.json").read_text())
+    enc, dec = export["encoder"]["net_name"], export["decoder"]["net_name"]
+    files = ["export/export.json", *(f"export/{name}" for name in export["files"]),
+             "calib/encoder_calib.npy", "calib/encoder_calib.manifest.json", "calib/decoder_calib.npz",
+             "manifest.json", "report.md",
+             "bundle/config.json", "bundle/README.md", f"bundle/{enc}.hef", f"bundle/{dec}.hef",
+             f"bundle/{export['host_assets']['token_embedding']}",
+             f"bundle/{export['host_assets']['positional_embedding']}",
+             *(f"bundle/{name}" for name in export["host_assets"]["tokenizer_files"])]
+    for model, net in (("encoder", enc), ("decoder", dec)):
+        files += [f"dfc/{model}/{net}.har", f"dfc/{model}/{net}_optimized.har", f"dfc/{model}/{net}.alls",
+                  f"dfc/{model}/{net}.hef", f"dfc/{model}/{net}_compiled.har",
+                  *(f"dfc/{model}/{step}.json" for step in ("parse", "optimize", "compile")),
+                  *(f"logs/{model}-{step}.log" for step in ("calib", "parse", "optimize", "compile"))]
+    files += ["logs/export.log"] + [f".stages/{stage}.json" for stage in STAGE_ORDER]
+    return files
+
+
+def _console() -> tuple[Console, io.StringIO]:
+    out = io.StringIO()
+    return Console(file=out, width=200, color_system=None), out
+
+
+class Flow:
+    """Runs builds into one directory with fixed inputs; each run can change a few options."""
+
+    def __init__(self, base: BuildOptions, probes=None):
+        self.base = base
+        self.probes = probes
+
+    def run(self, **changes):
+        fields = {**self.base.__dict__, **changes}
+        console, out = _console()
+        try:
+            result = run_build(BuildOptions(**fields), console=console, doctor_probes=self.probes)
+        finally:
+            self.last_output = out.getvalue()
+        return result, self.last_output
+
+
+OPTIMIZE_AND_AFTER = ("encoder-optimize", "decoder-optimize", "encoder-compile", "decoder-compile", "bundle", "report")
+BEFORE_OPTIMIZE = ("export", "encoder-calib", "decoder-calib", "encoder-parse", "decoder-parse")
+
+
+def _custom_scripts(folder: Path) -> Path:
+    """The quick scripts at a higher optimization level: a real change of the optimizer's settings."""
+    folder.mkdir(exist_ok=True)
+    for model in ("encoder", "decoder"):
+        text = resolve_model_script("tiny", "hailo8l", model, "quick").text
+        assert "optimization_level=0" in text
+        (folder / f"{model}.alls").write_text(text.replace("optimization_level=0", "optimization_level=1"))
+    return folder
+
+
+def _check_flow(flow: Flow, tmp_path: Path) -> None:
+    build = flow.base.build_dir
+
+    # 1. A full build makes every file, and a rehearsal says so everywhere.
+    result, output = flow.run()
+    assert result.ran == STAGE_ORDER
+    missing = [f for f in _expected_files(build) if not (build / f).is_file()]
+    assert not missing
+    assert not result.deployable
+    manifest = json.loads((build / "manifest.json").read_text())
+    assert manifest["deployable"] is False and "NOT DEPLOYABLE" in manifest["not_deployable_reason"]
+    assert "testdouble" in manifest["versions"]["dfc"]
+    assert manifest["hefs"]["encoder"]["matches_compile_json"] is True
+    assert manifest["parity"]["encoder_torch_vs_onnx"] <= 1e-4
+    assert set(manifest["stages"]) == set(STAGE_ORDER) - {"report"}
+    assert all(manifest["stages"][s]["duration_s"] > 0 for s in BEFORE_OPTIMIZE)
+    assert manifest["dfc"]["encoder"]["timeline"]["optimize"], "the DFC log timeline is recorded"
+    assert manifest["gpu"]["mode"] == "cpu"
+    assert "NOT DEPLOYABLE" in (build / "report.md").read_text().splitlines()[2]
+    assert json.loads((build / "bundle" / "config.json").read_text())["deployable"] is False
+    assert "NOT DEPLOYABLE" in (build / "bundle" / "README.md").read_text()
+    assert "NOT DEPLOYABLE" in output
+    hef = build / "bundle" / f"{manifest['build']['encoder_net']}.hef"
+    assert b"NOT DEPLOYABLE" in hef.read_bytes()
+    stamps = {f: (build / f).stat().st_mtime_ns for f in _expected_files(build)}
+
+    # 2. A second run is a no-op that says every stage was up to date.
+    result, output = flow.run()
+    assert result.ran == ()
+    assert result.up_to_date == STAGE_ORDER
+    for stage in STAGE_ORDER:
+        assert f"{stage:<18} up to date" in output
+    assert "Every stage was up to date; nothing ran." in output
+    assert {f: (build / f).stat().st_mtime_ns for f in _expected_files(build)} == stamps
+
+    # 3. A changed model script reruns optimize and compile (and the bundle/report they feed) only.
+    scripts = _custom_scripts(tmp_path / "scripts")
+    result, _ = flow.run(model_script=scripts)
+    assert result.ran == OPTIMIZE_AND_AFTER
+    assert result.up_to_date == BEFORE_OPTIMIZE
+    assert "optimization_level=1" in (build / "dfc" / "encoder" / f"{manifest['build']['encoder_net']}.alls").read_text()
+
+    # 4. A run stopped while optimize hangs leaves no optimize record; the next run resumes there.
+    with pytest.raises(ToolchainError, match="encoder-optimize printed nothing"):
+        flow.run(model_script=scripts, force=("optimize",),
+                 stage_env={**flow.base.stage_env, "HAILO_DOUBLE_HANG_AT": "optimize"},
+                 stall_timeouts={"optimize": 3})
+    assert not (build / ".stages" / "encoder-optimize.json").exists()
+    result, _ = flow.run(model_script=scripts)
+    assert result.ran == OPTIMIZE_AND_AFTER
+    assert result.up_to_date == BEFORE_OPTIMIZE
+
+    # 5. A concurrent build in the same directory is refused, naming the holder.
+    with BuildLock(build):
+        with pytest.raises(ToolchainError, match=f"pid {os.getpid()}"):
+            flow.run(model_script=scripts)
+
+
+@pytest.mark.slow
+def test_native_build_end_to_end(tmp_path, monkeypatch, random_whisper_dir, speech_dir):
+    # The doctor checks that hailo_sdk_client is importable here; the stages get it on PYTHONPATH.
+    monkeypatch.syspath_prepend(str(DFC_DOUBLE))
+    base = BuildOptions(
+        variant="tiny", arch="hailo8l", seconds=SECONDS, seq_len=SEQ_LEN, model=str(random_whisper_dir("tiny")),
+        calib_dir=speech_dir, profile="quick", cpu=True, no_docker=True, out=tmp_path / "build",
+        vendor_dir=tmp_path / "vendor", stage_env={"PYTHONPATH": str(DFC_DOUBLE)},
+    )
+    _check_flow(Flow(base), tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_docker_build_end_to_end(tmp_path, random_whisper_dir, speech_dir):
+    import shutil
+
+    docker_fixtures = pytest.importorskip("tests.docker_fixtures")
+    if shutil.which("docker") is None:
+        pytest.skip("docker is not installed")
+    vendor = tmp_path / "vendor"
+    try:
+        base_image = docker_fixtures.ensure_test_base_image()
+        wheelhouse = docker_fixtures.ensure_wheelhouse()
+        wheel = docker_fixtures.ensure_dfc_test_wheel(vendor)
+        docker_fixtures._add_dependencies(wheelhouse, wheel)
+    except Exception as err:  # no daemon, no debootstrap: the containers' tests say why
+        pytest.skip(f"test images cannot be made here: {err}")
+    # Inputs the containers read are copied under tmp_path so their paths can be mounted.
+    model = Path(shutil.copytree(random_whisper_dir("tiny"), tmp_path / "model"))
+    audio = Path(shutil.copytree(speech_dir, tmp_path / "speech"))
+    base = BuildOptions(
+        variant="tiny", arch="hailo8l", seconds=SECONDS, seq_len=SEQ_LEN, model=str(model), calib_dir=audio,
+        profile="quick", cpu=True, no_docker=False, out=tmp_path / "build", vendor_dir=vendor,
+        base_image=base_image, wheelhouse=wheelhouse,
+    )
+    _check_flow(Flow(base), tmp_path)
