@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tarfile
 import urllib.error
 import urllib.request
@@ -108,9 +109,19 @@ def download_librispeech(dest: str | os.PathLike, spec: DownloadSpec = DownloadS
     if not archive.exists():
         download_file(spec.url, archive, timeout_s=spec.timeout_s, progress=progress)
     verify_sha256(archive, spec.sha256)
-    extract(archive, dest)
-    if not target.is_dir():
-        raise ToolchainError(f"{archive.name} did not contain {spec.extracts_to}.", "Check the pinned URL.")
+    # Extract beside the target and move it into place whole: an interrupted extraction never
+    # leaves a tree that looks like the full corpus.
+    staging = dest / ".extract-partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        extract(archive, staging)
+        if not (staging / spec.extracts_to).is_dir():
+            raise ToolchainError(f"{archive.name} did not contain {spec.extracts_to}.", "Check the pinned URL.")
+        shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / spec.extracts_to, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     done_marker.write_text(spec.sha256 + "\n")
     archive.unlink()
     return target

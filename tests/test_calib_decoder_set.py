@@ -1,4 +1,4 @@
-"""calib/decoder_set.py with a real export (random-init tiny, 2 s input, seq_len 8) and ONNX Runtime."""
+"""calib/decoder_set.py with a real export (shared tiny_export_dir: random-init tiny, 1 s, seq_len 8) and ONNX Runtime."""
 
 import json
 import subprocess
@@ -17,18 +17,15 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def export_dir(random_whisper_dir, tmp_path_factory):
-    from pipeline.export import export_whisper, make_config
-
-    out = tmp_path_factory.mktemp("export-tiny-2s")
-    export_whisper(make_config("tiny", 2, 8, str(random_whisper_dir("tiny")), str(out)))
-    return out
+def export_dir(tiny_export_dir):
+    """The shared real export: random-init tiny, 1 s input (100 frames, 50 positions), seq_len 8."""
+    return tiny_export_dir
 
 
 @pytest.fixture(scope="module")
 def encoder_set(speech_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("enc") / "encoder_calib.npy"
-    build_encoder_set(EncoderSetConfig(speech_dir, out, seconds=2.0, size=6, workers=1, progress=False))
+    build_encoder_set(EncoderSetConfig(speech_dir, out, seconds=1.0, size=6, workers=1, progress=False))
     return out
 
 
@@ -44,13 +41,13 @@ def test_pairs_are_encoder_states_and_embedded_greedy_tokens_keyed_by_dfc_layer(
     result = build_decoder_set(_config(encoder_set, export_dir, out))
 
     net = meta["decoder"]["net_name"]
-    assert net == "whisper_tiny_decoder_2s_seq8"
+    assert net == "whisper_tiny_decoder_1s_seq8"
     data = np.load(out)
     assert sorted(data.files) == [f"{net}/input_layer1", f"{net}/input_layer2"]
     states, embedded = data[f"{net}/input_layer1"], data[f"{net}/input_layer2"]
-    assert states.shape == (6, 1, 100, 384) and embedded.shape == (6, 1, 8, 384)
+    assert states.shape == (6, 1, 50, 384) and embedded.shape == (6, 1, 8, 384)
     assert states.dtype == embedded.dtype == np.float32
-    assert result.count == 6 and result.shapes == {f"{net}/input_layer1": [6, 1, 100, 384],
+    assert result.count == 6 and result.shapes == {f"{net}/input_layer1": [6, 1, 50, 384],
                                                     f"{net}/input_layer2": [6, 1, 8, 384]}
 
     # Recompute entry by entry with the ONNX graphs: same states, same greedy tokens, host embedding.
@@ -58,7 +55,7 @@ def test_pairs_are_encoder_states_and_embedded_greedy_tokens_keyed_by_dfc_layer(
     encoder, decoder = onnx_greedy.load_sessions(export_dir, meta)
     token_embedding, positional_embedding = onnx_greedy.load_host_assets(export_dir, meta)
     for i in range(len(mels)):
-        nchw = mels[i : i + 1].transpose(0, 3, 1, 2)  # NHWC [1, 1, 200, 80] -> the ONNX's [1, 80, 1, 200]
+        nchw = mels[i : i + 1].transpose(0, 3, 1, 2)  # NHWC [1, 1, 100, 80] -> the ONNX's [1, 80, 1, 100]
         ref_states = encoder.run(None, {"input_features": nchw})[0]
         np.testing.assert_allclose(states[i, 0], ref_states[0], atol=1e-5)
         tokens = onnx_greedy.greedy_decode(encoder, decoder, meta, token_embedding, positional_embedding,
@@ -99,10 +96,10 @@ def test_a_failure_mid_write_leaves_no_output_and_no_partial(encoder_set, export
 
 
 def test_an_encoder_set_of_another_length_is_refused(speech_dir, export_dir, tmp_path):
-    wrong = tmp_path / "enc1s.npy"
-    build_encoder_set(EncoderSetConfig(speech_dir, wrong, seconds=1.0, size=2, workers=1, progress=False))
-    with pytest.raises(ToolchainError, match=r"has shape \[2, 1, 100, 80\] \(float32\); the export expects "
-                                             r"\[N, 1, 200, 80\] float32 \(2 s\)\. Rebuild it with .*--seconds 2"):
+    wrong = tmp_path / "enc2s.npy"
+    build_encoder_set(EncoderSetConfig(speech_dir, wrong, seconds=2.0, size=2, workers=1, progress=False))
+    with pytest.raises(ToolchainError, match=r"has shape \[2, 1, 200, 80\] \(float32\); the export expects "
+                                             r"\[N, 1, 100, 80\] float32 \(1 s\)\. Rebuild it with .*--seconds 1"):
         build_decoder_set(_config(wrong, export_dir, tmp_path / "d.npz"))
     assert not (tmp_path / "d.npz").exists()
 
@@ -120,5 +117,5 @@ def test_cli(encoder_set, export_dir, tmp_path):
                            "--export-dir", str(export_dir), "--out", str(out), "--size", "2", "--no-progress"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "whisper_tiny_decoder_2s_seq8/input_layer1 [2, 1, 100, 384]" in done.stdout
-    assert np.load(out)["whisper_tiny_decoder_2s_seq8/input_layer2"].shape == (2, 1, 8, 384)
+    assert "whisper_tiny_decoder_1s_seq8/input_layer1 [2, 1, 50, 384]" in done.stdout
+    assert np.load(out)["whisper_tiny_decoder_1s_seq8/input_layer2"].shape == (2, 1, 8, 384)
