@@ -27,6 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional
@@ -233,7 +234,8 @@ def export_onnx(module, example_inputs: tuple, path: Path, input_names: list[str
     import torch
 
     raw = path.with_suffix(".raw.onnx")
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         # The TorchScript exporter gives plain, stable node names and no dynamic shapes.
         torch.onnx.export(module, example_inputs, str(raw), input_names=input_names, output_names=output_names,
                           opset_version=opset, do_constant_folding=True, dynamo=False)
@@ -352,55 +354,71 @@ def _max_abs(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
 
 
-def measure_parity(loaded: LoadedWhisper, encoder, decoder, work: Path, meta: dict,
-                   token_embedding: np.ndarray, positional_embedding: np.ndarray,
-                   parity_mel: Optional[np.ndarray], seed: int) -> dict:
-    """All parity figures (max abs diffs; greedy token mismatches) for the exported files in `work`."""
+@dataclass(frozen=True)
+class ParityInputs:
+    """Reproducible random inputs: log-mel [1, 80, frames] in Whisper's normalised range (about
+    -1..1.5), a token sequence [1, seq_len] that starts with the prompt, and its host embedding."""
+
+    mel: np.ndarray
+    tokens: np.ndarray
+    embedded: np.ndarray
+
+    @classmethod
+    def make(cls, meta: Mapping, token_embedding: np.ndarray, positional_embedding: np.ndarray, seed: int):
+        rng = np.random.default_rng(seed)
+        mel = rng.uniform(-1.0, 1.5, size=(1, 80, meta["frames"])).astype(np.float32)
+        tokens = rng.integers(0, meta["vocab_size"], size=(1, meta["seq_len"]))
+        prompt = meta["tokens"]["prompt"]
+        tokens[0, : len(prompt)] = prompt
+        return cls(mel, tokens, (token_embedding[tokens] + positional_embedding).astype(np.float32))
+
+
+def measure_torch_parity(reference, encoder, decoder, inputs: ParityInputs) -> tuple[dict, dict]:
+    """Our modules vs transformers (same weights, same tokens and encoder states).
+
+    Returns (figures, our outputs) so the ONNX comparison reuses our outputs.
+    """
+    import torch
+
+    with torch.no_grad():
+        ours_states = encoder(torch.from_numpy(inputs.mel[:, :, None, :])).numpy()
+        hf_states = reference.model.encoder(torch.from_numpy(inputs.mel)).last_hidden_state.numpy()
+        parts = decoder(torch.from_numpy(hf_states), torch.from_numpy(inputs.embedded))
+        ours_logits = np.concatenate([t.numpy() for t in parts], -1)
+        hf_logits = reference(encoder_outputs=(torch.from_numpy(hf_states),),
+                              decoder_input_ids=torch.from_numpy(inputs.tokens)).logits.numpy()
+    figures = {"encoder_vs_hf": _max_abs(ours_states, hf_states), "decoder_vs_hf": _max_abs(ours_logits, hf_logits)}
+    return figures, {"encoder_states": ours_states, "hf_states": hf_states, "logits": ours_logits}
+
+
+def measure_onnx_parity(reference, work: Path, meta: dict, inputs: ParityInputs, ours: Mapping,
+                        token_embedding: np.ndarray, positional_embedding: np.ndarray,
+                        parity_mel: Optional[np.ndarray]) -> dict:
+    """The ONNX files under ONNX Runtime vs our modules, and greedy ONNX decoding vs transformers' generate."""
     import torch
 
     from pipeline import onnx_greedy
 
-    spec_frames, seq_len = meta["frames"], meta["seq_len"]
-    rng = np.random.default_rng(seed)
     encoder_session, decoder_session = onnx_greedy.load_sessions(work, meta)
-    reference = hf_reference_model(loaded.model, meta["encoder_positions"])
+    decoder_inputs = [i["name"] for i in meta["decoder"]["inputs"]]
+    onnx_states = onnx_greedy.encode(encoder_session, meta, inputs.mel)
+    onnx_logits = np.concatenate(decoder_session.run(
+        [o["name"] for o in meta["decoder"]["outputs"]],
+        {decoder_inputs[0]: ours["hf_states"], decoder_inputs[1]: inputs.embedded}), -1)
+    figures = {"encoder_torch_vs_onnx": _max_abs(ours["encoder_states"], onnx_states),
+               "decoder_torch_vs_onnx": _max_abs(ours["logits"], onnx_logits)}
 
-    # Log-mel in Whisper's normalised range (about -1..1.5); random, but reproducible.
-    mel = rng.uniform(-1.0, 1.5, size=(1, 80, spec_frames)).astype(np.float32)
-    tokens = rng.integers(0, meta["vocab_size"], size=(1, seq_len))
-    tokens[0, : len(meta["tokens"]["prompt"])] = meta["tokens"]["prompt"]
-    embedded = (token_embedding[tokens] + positional_embedding).astype(np.float32)
-    logits_names = [o["name"] for o in meta["decoder"]["outputs"]]
-
-    with torch.no_grad():
-        ours_states = encoder(torch.from_numpy(mel[:, :, None, :])).numpy()
-        hf_states = reference.model.encoder(torch.from_numpy(mel)).last_hidden_state.numpy()
-        ours_logits = np.concatenate([t.numpy() for t in decoder(torch.from_numpy(hf_states), torch.from_numpy(embedded))], -1)
-        hf_logits = reference(encoder_outputs=(torch.from_numpy(hf_states),),
-                              decoder_input_ids=torch.from_numpy(tokens)).logits.numpy()
-    onnx_states = onnx_greedy.encode(encoder_session, meta, mel)
-    onnx_logits = np.concatenate(decoder_session.run(logits_names, {
-        meta["decoder"]["inputs"][0]["name"]: hf_states, meta["decoder"]["inputs"][1]["name"]: embedded}), -1)
-
-    figures = {
-        "encoder_torch_vs_onnx": _max_abs(ours_states, onnx_states),
-        "decoder_torch_vs_onnx": _max_abs(ours_logits, onnx_logits),
-        "encoder_vs_hf": _max_abs(ours_states, hf_states),
-        "decoder_vs_hf": _max_abs(ours_logits, hf_logits),
-    }
-
-    greedy_mel = mel if parity_mel is None else onnx_greedy.as_encoder_input(parity_mel, spec_frames)[:, :, 0, :]
-    ours = onnx_greedy.greedy_decode(encoder_session, decoder_session, meta, token_embedding, positional_embedding, greedy_mel)
+    mel = inputs.mel if parity_mel is None else onnx_greedy.as_encoder_input(parity_mel, meta["frames"])[:, :, 0, :]
+    rows = onnx_greedy.greedy_decode(encoder_session, decoder_session, meta, token_embedding, positional_embedding, mel)
     prompt = meta["tokens"]["prompt"]
-    gen = hf_generation_config(meta["tokens"], seq_len - len(prompt), len(prompt) > 2)
+    gen = hf_generation_config(meta["tokens"], meta["seq_len"] - len(prompt), len(prompt) > 2)
     with torch.no_grad():
-        hf_sequences = reference.generate(torch.from_numpy(greedy_mel), generation_config=gen).numpy()
+        hf_rows = reference.generate(torch.from_numpy(mel), generation_config=gen).numpy()
     mismatches, greedy = 0, []
-    for our_row, hf_row in zip(ours, hf_sequences):
-        ours_text = onnx_greedy.generated_tokens(our_row, meta)
-        hf_text = _hf_generated(hf_row, meta)
-        mismatches += sum(a != b for a, b in zip(ours_text, hf_text)) + abs(len(ours_text) - len(hf_text))
-        greedy.append(ours_text)
+    for our_row, hf_row in zip(rows, hf_rows):
+        our_tokens, hf_tokens = onnx_greedy.generated_tokens(our_row, meta), _hf_generated(hf_row, meta)
+        mismatches += sum(a != b for a, b in zip(our_tokens, hf_tokens)) + abs(len(our_tokens) - len(hf_tokens))
+        greedy.append(our_tokens)
     figures["greedy_token_mismatches"] = mismatches
     figures["greedy_tokens"] = greedy
     return figures
@@ -456,25 +474,13 @@ def export_whisper(config: ExportConfig, *, parity_mel: Optional[np.ndarray] = N
 
     work = Path(tempfile.mkdtemp(prefix=".export-partial-", dir=out_dir))
     try:
-        log("building the Hailo encoder/decoder modules")
-        encoder, decoder = build_modules(loaded.model, spec)
-        d_model = loaded.model.config.d_model
-        log(f"exporting {names['encoder']} (opset {config.opset})")
-        encoder_onnx = export_onnx(encoder, (torch.zeros(1, 80, 1, spec.frames),), work / names["encoder"],
-                                   [ENCODER_INPUT], [ENCODER_OUTPUT], config.opset)
-        log(f"exporting {names['decoder']} (opset {config.opset})")
-        decoder_onnx = export_onnx(
-            decoder, (torch.zeros(1, spec.encoder_positions, d_model), torch.zeros(1, spec.seq_len, d_model)),
-            work / names["decoder"], list(DECODER_INPUTS), [logits_name(i) for i in range(DECODER_VOCAB_SPLITS)],
-            config.opset)
-
         from pipeline.whisper_hailo import host_embedding
 
+        log("building the Hailo encoder/decoder modules")
+        encoder, decoder = build_modules(loaded.model, spec)
+        reference = hf_reference_model(loaded.model, spec.encoder_positions)
         token_embedding, positional_embedding = host_embedding(loaded.model, spec.seq_len)
-        np.save(work / names["token_embedding"], token_embedding)
-        np.save(work / names["positional_embedding"], positional_embedding)
-        tokenizer_files = _save_tokenizer(loaded.tokenizer, work)
-
+        d_model = loaded.model.config.d_model
         meta = {
             "format": EXPORT_FORMAT,
             "variant": spec.variant.name,
@@ -487,24 +493,43 @@ def export_whisper(config: ExportConfig, *, parity_mel: Optional[np.ndarray] = N
             "d_model": d_model,
             "vocab_size": loaded.model.config.vocab_size,
             "opset": config.opset,
-            "encoder": {**graph_metadata(encoder_onnx, spec.encoder_net_name, names["encoder"]), "calib_layout": "NHWC"},
-            "decoder": graph_metadata(decoder_onnx, spec.decoder_net_name, names["decoder"]),
-            "host_assets": {"token_embedding": names["token_embedding"],
-                            "positional_embedding": names["positional_embedding"],
-                            "tokenizer_files": tokenizer_files},
             "tokens": token_metadata(loaded, spec),
         }
+
+        # Cheap check first: a wrong rewrite fails here, before minutes of ONNX work.
+        log("checking parity of the rewrite against transformers")
+        inputs = ParityInputs.make(meta, token_embedding, positional_embedding, config.seed)
+        figures, ours = measure_torch_parity(reference, encoder, decoder, inputs)
+        check_parity(figures, config.tolerances)
+
+        log(f"exporting {names['encoder']} (opset {config.opset})")
+        encoder_onnx = export_onnx(encoder, (torch.zeros(1, 80, 1, spec.frames),), work / names["encoder"],
+                                   [ENCODER_INPUT], [ENCODER_OUTPUT], config.opset)
+        log(f"exporting {names['decoder']} (opset {config.opset})")
+        decoder_onnx = export_onnx(
+            decoder, (torch.zeros(1, spec.encoder_positions, d_model), torch.zeros(1, spec.seq_len, d_model)),
+            work / names["decoder"], list(DECODER_INPUTS), [logits_name(i) for i in range(DECODER_VOCAB_SPLITS)],
+            config.opset)
+        meta["encoder"] = {**graph_metadata(encoder_onnx, spec.encoder_net_name, names["encoder"]), "calib_layout": "NHWC"}
+        meta["decoder"] = graph_metadata(decoder_onnx, spec.decoder_net_name, names["decoder"])
         del encoder_onnx, decoder_onnx
 
-        log("checking parity (torch vs ONNX Runtime vs transformers, greedy decoding)")
-        figures = measure_parity(loaded, encoder, decoder, work, meta, token_embedding, positional_embedding,
-                                 parity_mel, config.seed)
+        np.save(work / names["token_embedding"], token_embedding)
+        np.save(work / names["positional_embedding"], positional_embedding)
+        meta["host_assets"] = {"token_embedding": names["token_embedding"],
+                               "positional_embedding": names["positional_embedding"],
+                               "tokenizer_files": _save_tokenizer(loaded.tokenizer, work)}
+
+        log("checking parity of the ONNX files (ONNX Runtime, greedy decoding vs transformers generate)")
+        figures.update(measure_onnx_parity(reference, work, meta, inputs, ours, token_embedding,
+                                           positional_embedding, parity_mel))
         check_parity(figures, config.tolerances)
         meta["parity"] = {**figures, "tolerances": asdict(config.tolerances)}
-        log("parity: " + ", ".join(f"{k}={v:.2e}" for k, v in figures.items() if isinstance(v, float)))
+        log("parity: " + ", ".join(f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in figures.items() if k != "greedy_tokens"))
 
         written = [names["encoder"], names["decoder"], names["token_embedding"], names["positional_embedding"],
-                   *tokenizer_files]
+                   *meta["host_assets"]["tokenizer_files"]]
         meta["files"] = {name: sha256_file(work / name) for name in written}
         for name in written:
             os.replace(work / name, out_dir / name)
