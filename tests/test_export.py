@@ -31,17 +31,16 @@ def _export(model_dir, out_dir, variant="tiny", seconds=SECONDS, seq_len=None, *
 
 
 @pytest.fixture(scope="module")
-def tiny_export(random_whisper_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export-tiny")
-    result = _export(random_whisper_dir("tiny"), out)
-    return out, result.meta
+def tiny_export(tiny_export_dir):
+    """The shared session export (conftest: random-init tiny, 1 s, seq_len 8) and its export.json."""
+    return tiny_export_dir, json.loads((tiny_export_dir / "export.json").read_text())
 
 
 def test_files_are_named_by_variant_seconds_and_seq_len(tiny_export):
     out, meta = tiny_export
-    assert meta["encoder"]["onnx"] == "whisper_tiny_encoder_2s.onnx"
-    assert meta["decoder"]["onnx"] == "whisper_tiny_decoder_2s_seq32.onnx"
-    assert meta["host_assets"]["positional_embedding"] == "positional_embedding_seq32.npy"
+    assert meta["encoder"]["onnx"] == "whisper_tiny_encoder_1s.onnx"
+    assert meta["decoder"]["onnx"] == "whisper_tiny_decoder_1s_seq8.onnx"
+    assert meta["host_assets"]["positional_embedding"] == "positional_embedding_seq8.npy"
     assert meta["host_assets"]["tokenizer_files"] == []  # the random-init model has no tokenizer
     names = {p.name for p in out.iterdir()}
     assert names == {"export.json", *meta["files"]}  # nothing else, no partial directory
@@ -54,21 +53,22 @@ def test_metadata_follows_the_contract(tiny_export):
     _, meta = tiny_export
     assert CONTRACT_KEYS <= set(meta)
     assert (meta["variant"], meta["seconds"], meta["seq_len"], meta["frames"], meta["encoder_positions"]) == (
-        "tiny", 2.0, 32, 200, 100)
+        "tiny", 1.0, 8, 100, 50)
     assert (meta["d_model"], meta["vocab_size"], meta["opset"]) == (384, 51865, 17)
     enc, dec = meta["encoder"], meta["decoder"]
-    assert enc["net_name"] == "whisper_tiny_encoder_2s" and dec["net_name"] == "whisper_tiny_decoder_2s_seq32"
-    assert enc["inputs"] == [{"name": "input_features", "shape": [1, 80, 1, 200]}]
-    assert enc["outputs"] == [{"name": "encoder_states", "shape": [1, 100, 384]}]
-    assert enc["net_input_shapes"] == {"input_features": [1, 80, 1, 200]}
-    assert enc["dfc_input_layers"] == {"whisper_tiny_encoder_2s/input_layer1": "input_features"}
+    assert enc["net_name"] == "whisper_tiny_encoder_1s" and dec["net_name"] == "whisper_tiny_decoder_1s_seq8"
+    assert enc["inputs"] == [{"name": "input_features", "shape": [1, 80, 1, 100]}]
+    assert enc["outputs"] == [{"name": "encoder_states", "shape": [1, 50, 384]}]
+    assert enc["net_input_shapes"] == {"input_features": [1, 80, 1, 100]}
+    assert enc["dfc_input_layers"] == {"whisper_tiny_encoder_1s/input_layer1": "input_features"}
     assert enc["calib_layout"] == "NHWC"
-    assert dec["inputs"] == [{"name": "encoder_states", "shape": [1, 100, 384]},
-                             {"name": "decoder_embeddings", "shape": [1, 32, 384]}]
+    assert dec["inputs"] == [{"name": "encoder_states", "shape": [1, 50, 384]},
+                             {"name": "decoder_embeddings", "shape": [1, 8, 384]}]
     assert [o["name"] for o in dec["outputs"]] == ["logits_0", "logits_1", "logits_2", "logits_3"]
     assert [o["shape"][-1] for o in dec["outputs"]] == [12967, 12966, 12966, 12966]
-    assert dec["dfc_input_layers"] == {"whisper_tiny_decoder_2s_seq32/input_layer1": "encoder_states",
-                                       "whisper_tiny_decoder_2s_seq32/input_layer2": "decoder_embeddings"}
+    assert all(o["shape"][:2] == [1, 8] for o in dec["outputs"])
+    assert dec["dfc_input_layers"] == {"whisper_tiny_decoder_1s_seq8/input_layer1": "encoder_states",
+                                       "whisper_tiny_decoder_1s_seq8/input_layer2": "decoder_embeddings"}
     assert meta["tokens"]["prompt"] == [50258, 50259, 50359, 50363]
     assert meta["tokens"]["end_of_text"] == 50257 and meta["tokens"]["start_of_transcript"] == 50258
 
@@ -106,7 +106,7 @@ def test_parity_figures_are_recorded_and_within_tolerance(tiny_export):
     for name in ("decoder_torch_vs_onnx", "decoder_vs_hf"):
         assert 0 <= parity[name] <= 1e-3
     assert parity["greedy_token_mismatches"] == 0
-    assert len(parity["greedy_tokens"]) == 1 and 1 <= len(parity["greedy_tokens"][0]) <= 32 - 4
+    assert len(parity["greedy_tokens"]) == 1 and 1 <= len(parity["greedy_tokens"][0]) <= 8 - 4
 
 
 def test_host_assets_reproduce_the_decoder_input(tiny_export, random_whisper_dir):
@@ -114,12 +114,12 @@ def test_host_assets_reproduce_the_decoder_input(tiny_export, random_whisper_dir
 
     out, meta = tiny_export
     token_embedding, positional_embedding = onnx_greedy.load_host_assets(out, meta)
-    assert token_embedding.shape == (51865, 384) and positional_embedding.shape == (32, 384)
+    assert token_embedding.shape == (51865, 384) and positional_embedding.shape == (8, 384)
     assert token_embedding.dtype == np.float32 and positional_embedding.dtype == np.float32
     model = WhisperForConditionalGeneration.from_pretrained(random_whisper_dir("tiny"))
-    tokens = torch.tensor([[50258, 50259, 50359, 50363] + [7] * 28])
+    tokens = torch.tensor([[50258, 50259, 50359, 50363] + [7] * 4])
     with torch.no_grad():
-        theirs = model.model.decoder.embed_tokens(tokens) + model.model.decoder.embed_positions.weight[:32]
+        theirs = model.model.decoder.embed_tokens(tokens) + model.model.decoder.embed_positions.weight[:8]
     ours = token_embedding[tokens.numpy()] + positional_embedding
     assert np.abs(ours - theirs.numpy()).max() == 0
 
@@ -128,19 +128,19 @@ def test_greedy_decode_accepts_every_mel_layout_and_batches(tiny_export):
     out, meta = tiny_export
     sessions = onnx_greedy.load_sessions(out, meta)
     assets = onnx_greedy.load_host_assets(out, meta)
-    mel = np.random.default_rng(3).uniform(-1, 1.5, size=(2, 80, 200)).astype(np.float32)
+    mel = np.random.default_rng(3).uniform(-1, 1.5, size=(2, 80, 100)).astype(np.float32)
     tokens = onnx_greedy.greedy_decode(*sessions, meta, *assets, mel)
-    assert tokens.shape == (2, 32) and tokens.dtype == np.int64
+    assert tokens.shape == (2, 8) and tokens.dtype == np.int64
     assert (tokens[:, :4] == meta["tokens"]["prompt"]).all()
     states = onnx_greedy.encode(sessions[0], meta, mel)
-    assert states.shape == (2, 100, 384)
+    assert states.shape == (2, 50, 384)
     nhwc = mel.transpose(0, 2, 1)[:, None]  # [N, 1, frames, 80], the calibration layout
     assert np.array_equal(onnx_greedy.encode(sessions[0], meta, nhwc), states)
     assert np.array_equal(onnx_greedy.encode(sessions[0], meta, mel[:, :, None, :]), states)
     again = onnx_greedy.greedy_decode(*sessions, meta, *assets, None, encoder_states=states[1:])
     assert np.array_equal(again, tokens[1:])
-    with pytest.raises(ValueError, match=r"does not match the export \(200 frames\)"):
-        onnx_greedy.as_encoder_input(np.zeros((1, 80, 300)), 200)
+    with pytest.raises(ValueError, match=r"does not match the export \(100 frames\)"):
+        onnx_greedy.as_encoder_input(np.zeros((1, 80, 300)), 100)
 
 
 def test_greedy_decode_stops_at_end_of_text_and_pads_with_it():
@@ -271,8 +271,8 @@ def test_cli_prints_the_error_and_exits_2(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_base_dims_export(random_whisper_dir, tmp_path):
-    meta = _export(random_whisper_dir("base"), tmp_path, variant="base", seconds=SECONDS).meta
-    assert meta["decoder"]["onnx"] == "whisper_base_decoder_2s_seq24.onnx"
+    meta = _export(random_whisper_dir("base"), tmp_path, variant="base", seconds=1).meta
+    assert meta["decoder"]["onnx"] == "whisper_base_decoder_1s_seq24.onnx"
     assert meta["decoder"]["inputs"][1]["shape"] == [1, 24, 512]
     assert meta["parity"]["encoder_vs_hf"] <= 1e-4 and meta["parity"]["decoder_vs_hf"] <= 1e-3
 
