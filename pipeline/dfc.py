@@ -183,7 +183,7 @@ def _atomic_har(path: Path) -> Iterator[Path]:
 
 def _save_har(runner, path: Path) -> dict:
     with _atomic_har(path) as tmp:
-        runner.save_har(str(tmp))
+        _dfc_call(f"saving {path.name} (save_har)", runner.save_har, str(tmp))
     return {"path": str(path), "sha256": sha256_file(path)}
 
 

@@ -296,11 +296,11 @@ def capture_console(path: str | os.PathLike) -> Iterator[Path]:
 def _pump(read_end: int, console_fd: int, sink, lock: threading.Lock) -> None:
     with os.fdopen(read_end, "rb", buffering=0) as source:
         while chunk := source.read(65536):
-            with contextlib.suppress(OSError):
-                os.write(console_fd, chunk)
-            with lock:
+            with lock:  # the file first: whatever the console shows is already in the log
                 sink.write(chunk)
                 sink.flush()
+            with contextlib.suppress(OSError):
+                os.write(console_fd, chunk)
 
 
 def main(argv: Optional[Iterable[str]] = None) -> int:
