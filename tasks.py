@@ -116,6 +116,54 @@ def export(c, variant="tiny", seconds=None, seq_len=None, model=None, out=None, 
 
 # --- calibration (calib/) ----------------------------------------------------------------------
 
+
+@task(
+    help={
+        "variant": "tiny, tiny.en, base or base.en (default tiny): sets the window length and default size",
+        "arch": "names the default build directory only (default hailo8l)",
+        "audio": "folder of speech recordings, searched recursively (wav/flac/ogg/...)",
+        "download": "no --audio: download LibriSpeech dev-clean (337 MB) into <build>/calib/download",
+        "seconds": "window length = the encoder input (default: the variant's, tiny 10, base 5)",
+        "size": "target encoder entries (default: tiny 4000, base 2048)",
+        "min_entries": "fail below this many usable entries (the model script's finetune dataset_size)",
+        "seed": "shuffle seed (default 0)",
+        "export_dir": "pipeline.export output for the decoder set (default <build>/export)",
+        "build_dir": "default build/<variant>-<arch>",
+        "encoder_only": "make the encoder set only (no export needed)",
+        "workers": "processes/threads (default: all cores)",
+    }
+)
+@_friendly_errors
+def calib(c, variant="tiny", arch="hailo8l", audio=None, download=False, seconds=None, size=None, min_entries=1,
+          seed=0, export_dir=None, build_dir=None, encoder_only=False, workers=None):
+    """Calibration sets: encoder log-mels (.npy) and decoder pairs (.npz) in <build>/calib (calib/)."""
+    from pathlib import Path
+
+    from calib.decoder_set import DecoderSetConfig, build_decoder_set
+    from calib.encoder_set import EncoderSetConfig, build_encoder_set, default_calib_size
+    from calib.librispeech import download_librispeech
+    from pipeline.tables import resolve_spec
+
+    spec = resolve_spec(variant, arch, None if seconds is None else float(seconds))
+    root = Path(build_dir) if build_dir else Path("build") / spec.build_name
+    if audio is None:
+        if not download:
+            raise ToolchainError("No calibration audio given.", "Pass --audio DIR (speech recordings) or --download.")
+        audio = download_librispeech(root / "calib" / "download")
+    workers = None if workers is None else int(workers)
+    encoder = build_encoder_set(EncoderSetConfig(
+        audio_dir=Path(audio), out=root / "calib" / "encoder_calib.npy", seconds=spec.seconds,
+        size=int(size) if size is not None else default_calib_size(variant), min_entries=int(min_entries),
+        seed=int(seed), workers=workers))
+    print(f"encoder set: {encoder.path} {list(encoder.shape)} ({len(encoder.skipped)} files skipped; "
+          f"manifest {encoder.manifest_path})")
+    if encoder_only:
+        return
+    decoder = build_decoder_set(DecoderSetConfig(
+        encoder_set=encoder.path, export_dir=Path(export_dir) if export_dir else root / "export",
+        out=root / "calib" / "decoder_calib.npz", workers=workers))
+    print(f"decoder set: {decoder.path} " + ", ".join(f"{k} {v}" for k, v in decoder.shapes.items()))
+
 # --- DFC stages (pipeline/dfc.py, pipeline/optimize.py, pipeline/compile.py) -------------------
 
 
