@@ -133,13 +133,13 @@ def _stand_in_wheel(vendor_dir: Path) -> Path:
 
 def build_test_image(target: str, vendor_dir: Path) -> ImageRef:
     """The `target` image built FROM the debootstrapped base with the host wheelhouse (no network
-    inside the build). For dfc3 the DFC test double wheel goes into vendor_dir and its own
-    dependencies into the wheelhouse."""
+    inside the build). The DFC test double wheel goes into vendor_dir (used by dfc3) and its
+    own dependencies into the wheelhouse."""
     base = ensure_test_base_image()
     wheelhouse = ensure_wheelhouse()
-    if target != "export":
-        wheel = ensure_dfc_test_wheel(Path(vendor_dir))
-        _add_dependencies(wheelhouse, wheel)
+    # for every target: the wheelhouse listing is part of each image's tag, so it must be final
+    # before the first build of a session
+    _add_dependencies(wheelhouse, ensure_dfc_test_wheel(Path(vendor_dir)))
     return ensure_image(
         target, base_image=base, wheelhouse=wheelhouse, vendor_dir=Path(vendor_dir),
         log_dir=CACHE_DIR / "image-logs",

@@ -1,0 +1,250 @@
+"""pipeline.docker_engine (+ pipeline.hang_probe): connection errors, base pinning, content tags,
+real image builds and stage containers on the local Docker Engine (CPU, no registry)."""
+
+import io
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline import docker_engine
+from pipeline.docker_engine import (
+    REPO_ROOT, base_image_for, connect, ensure_image, inputs_hash, stage_containers, stage_mounts,
+)
+from pipeline.errors import ToolchainError
+from pipeline.hang_probe import HangProbe, run_hang_probe
+from pipeline.launcher import StageCommand, run_stage
+from pipeline.tables import IMAGES
+
+BOGUS = "unix:///nonexistent/docker.sock"
+
+
+# --- no daemon, no permission ---------------------------------------------------------------
+
+
+def test_no_daemon_is_a_clear_error(monkeypatch):
+    with pytest.raises(ToolchainError, match="No Docker daemon answers at unix:///nonexistent/docker.sock") as err:
+        connect(BOGUS)
+    assert "--no-docker" in str(err.value) and "systemctl start docker" in str(err.value)
+    monkeypatch.setenv("DOCKER_HOST", BOGUS)
+    with pytest.raises(ToolchainError, match="No Docker daemon answers at unix:///nonexistent"):
+        connect()
+
+
+def test_permission_denied_on_the_socket_suggests_the_docker_group():
+    socket_path = Path("/var/run/docker.sock")
+    if os.getuid() != 0 or not socket_path.exists() or socket_path.stat().st_mode & 0o006:
+        pytest.skip("needs root to become another user, and a socket closed to others")
+    # fork instead of exec: the child keeps the loaded modules and only drops to "nobody"
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                connect("unix:///var/run/docker.sock")
+                message = "connected"
+            except ToolchainError as err:
+                message = str(err)
+            os.write(write_end, message.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        message = f.read()
+    os.waitpid(pid, 0)
+    assert "Permission denied on the Docker socket (unix:///var/run/docker.sock)" in message
+    assert "usermod -aG docker" in message and "sudo" in message
+
+
+# --- base images and tags -------------------------------------------------------------------
+
+
+def test_bases_are_pinned_by_digest_or_refused():
+    assert base_image_for("dfc3") == f"{IMAGES['dfc3'].base_image}@{IMAGES['dfc3'].base_image_digest}"
+    assert "@sha256:" in base_image_for("export")
+    assert base_image_for("dfc5", "my/cuda:12.5.1@sha256:abc") == "my/cuda:12.5.1@sha256:abc"
+    if IMAGES["dfc5"].base_image_digest == "unknown":
+        with pytest.raises(ToolchainError, match="dfc5 base image .* is not pinned by digest") as err:
+            base_image_for("dfc5")
+        assert "--base-image" in str(err.value) and "imagetools inspect" in str(err.value)
+    with pytest.raises(ToolchainError, match="Unknown image target 'gpu'.*export, dfc3, dfc5"):
+        base_image_for("gpu")
+
+
+def _repo_copy(tmp_path):
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in docker_engine.CONTEXT_PATHS:
+        src = REPO_ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / name)
+    return root
+
+
+def test_inputs_hash_follows_content_and_build_args_only(tmp_path):
+    root = _repo_copy(tmp_path)
+    args = {"BASE_IMAGE": "b@sha256:1"}
+    first = inputs_hash("export", args, root, [])
+    assert inputs_hash("export", args, root, []) == first
+    (root / "README.md").write_text("docs do not change the image\n")
+    (root / "pipeline" / "__pycache__").mkdir(exist_ok=True)
+    (root / "pipeline" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"junk")
+    assert inputs_hash("export", args, root, []) == first
+    assert inputs_hash("dfc3", args, root, []) != first
+    assert inputs_hash("export", {"BASE_IMAGE": "b@sha256:2"}, root, []) != first
+    wheel = tmp_path / "numpy-2.0-py3-none-any.whl"
+    wheel.write_bytes(b"1")
+    assert inputs_hash("export", args, root, [wheel]) != first
+    with open(root / "pipeline" / "launcher.py", "a") as f:
+        f.write("# changed\n")
+    assert inputs_hash("export", args, root, []) != first
+
+
+def test_dfc_wheel_problems_are_found_before_docker_is_contacted(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", BOGUS)  # proves the checks need no daemon
+    with pytest.raises(ToolchainError, match="No DFC 3.x wheel in"):
+        ensure_image("dfc3", vendor_dir=tmp_path)
+    for version in ("3.31.0", "3.32.0"):
+        (tmp_path / f"hailo_dataflow_compiler-{version}-py3-none-linux_x86_64.whl").write_bytes(b"w")
+    with pytest.raises(ToolchainError, match="Several DFC 3.x wheels"):
+        ensure_image("dfc3", vendor_dir=tmp_path)
+    (tmp_path / "hailo_dataflow_compiler-3.32.0-py3-none-linux_x86_64.whl").unlink()
+    with pytest.raises(ToolchainError, match="expected 00"):
+        ensure_image("dfc3", vendor_dir=tmp_path, dfc_wheel_sha256="00" * 32)
+    with pytest.raises(ToolchainError, match="Wheelhouse .*missing is not a directory"):
+        ensure_image("dfc3", vendor_dir=tmp_path, wheelhouse=tmp_path / "missing")
+
+
+def test_stage_mounts_same_paths_outer_first_and_inputs_must_exist(tmp_path):
+    build = tmp_path / "build"
+    inputs = build / "export"  # an input inside the build dir: mounted after its parent
+    inputs.mkdir(parents=True)
+    mounts = stage_mounts(build, [inputs], cuda_cache=True)
+    assert [(m["Source"], m["Target"], m["ReadOnly"]) for m in mounts[:2]] == [
+        (str(build), str(build), False), (str(inputs), str(inputs), True)]
+    assert mounts[2]["Type"] == "volume" and mounts[2]["Target"] == docker_engine.CUDA_CACHE_DIR
+    with pytest.raises(ToolchainError, match="Input path .*nope does not exist"):
+        stage_mounts(build, [tmp_path / "nope"], cuda_cache=False)
+
+
+# --- real builds and containers ---------------------------------------------------------------
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_images_are_built_once_per_content_and_run_as_non_root(docker_test_image):
+    import docker
+
+    client = docker.from_env()
+    for target in ("export", "dfc3"):
+        ref = docker_test_image(target)
+        attrs = client.images.get(ref.tag).attrs
+        assert attrs["Config"]["User"] == "toolchain"
+        assert attrs["Config"]["Labels"][docker_engine.LABEL_INPUTS].startswith(ref.tag.rsplit("-", 1)[1])
+        assert not any(e.startswith("HF_TOKEN") for e in attrs["Config"]["Env"])
+    export = docker_test_image("export")
+    out = client.containers.run(export.tag, ["python", "-c", "import torch, transformers, onnx, onnxruntime, "
+                                "onnxslim, soundfile, soxr, tqdm, pipeline; print(torch.__version__)"], remove=True)
+    assert out.decode().strip() == "2.13.0+cpu"
+    freeze = client.containers.run(docker_test_image("dfc3").tag, ["cat", "/opt/venv/pip-freeze.txt"], remove=True)
+    assert "hailo-dataflow-compiler==3." in freeze.decode().lower().replace("_", "-")
+    # the second ensure_image finds the tag and builds nothing
+    from tests.docker_fixtures import CACHE_DIR, ensure_test_base_image, ensure_wheelhouse
+
+    console = io.StringIO()
+    started = time.monotonic()
+    again = ensure_image("export", base_image=ensure_test_base_image(), wheelhouse=ensure_wheelhouse(),
+                         log_dir=CACHE_DIR / "image-logs", console=console)
+    assert again == export and console.getvalue() == "" and time.monotonic() - started < 10
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_build_failure_shows_the_log_tail_and_leaves_no_container(tmp_path, docker_test_image):
+    import docker
+
+    from tests.docker_fixtures import ensure_dfc_test_wheel, ensure_test_base_image
+
+    client = docker.from_env()
+    before = {c.id for c in client.containers.list(all=True)}
+    vendor = tmp_path / "vendor"
+    ensure_dfc_test_wheel(vendor)
+    wheelhouse = tmp_path / "wheelhouse"  # lacks onnxruntime: pip inside the build must fail
+    wheelhouse.mkdir()
+    shutil.copy2(next(Path(docker_test_image("dfc3") and _wheelhouse()).glob("mpmath-*.whl")), wheelhouse)
+    with pytest.raises(ToolchainError, match="Building the dfc3 image failed") as err:
+        ensure_image("dfc3", base_image=ensure_test_base_image(), wheelhouse=wheelhouse, vendor_dir=vendor,
+                     log_dir=tmp_path / "logs", console=io.StringIO())
+    message = str(err.value)
+    assert "onnxruntime" in message and str(tmp_path / "logs" / "image-dfc3.log") in message
+    assert {c.id for c in client.containers.list(all=True)} == before
+
+
+def _wheelhouse():
+    from tests.docker_fixtures import ensure_wheelhouse
+
+    return ensure_wheelhouse()
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_missing_base_image_is_named_with_the_fix(tmp_path):
+    with pytest.raises(ToolchainError, match="base image whisper-hailo-absent:none of the export image") as err:
+        ensure_image("export", base_image="whisper-hailo-absent:none", log_dir=tmp_path, console=io.StringIO())
+    assert "docker save | docker load" in str(err.value)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_gpu_request_without_nvidia_runtime_is_a_clear_error(tmp_path, docker_test_image):
+    import docker
+
+    client = docker.from_env()
+    if "nvidia" in client.info().get("Runtimes", {}):
+        pytest.skip("this Docker has the NVIDIA runtime")
+    cmd = StageCommand("encoder-optimize", "dfc3", ["python", "-c", "print(1)"], tmp_path / "b",
+                       tmp_path / "b" / "x.log", gpu_device_ids=("GPU-00000000-1111-2222-3333-444444444444",))
+    with pytest.raises(ToolchainError, match="no NVIDIA container runtime") as err:
+        run_stage(cmd, native=False, image_tag=docker_test_image("dfc3").tag, console=io.StringIO())
+    assert "NVIDIA Container Toolkit" in str(err.value) and "--cpu" in str(err.value)
+    assert stage_containers(client, "encoder-optimize") == []
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_hang_probe_told_to_hang_times_out_and_removes_its_container(tmp_path, docker_test_image):
+    import docker
+
+    probe = HangProbe(
+        image="dfc3", gpu_device_ids=(), gpu_name="NVIDIA L4", advice="Use an A100 or --cpu.",
+        build_dir=tmp_path / "b", log_path=tmp_path / "b" / "logs" / "hang-probe.log", timeout_s=3,
+        argv=("python", "-c", "import time; print('probing', flush=True)\nwhile True: time.sleep(0.5); print('.', flush=True)"),
+    )
+    started = time.monotonic()
+    with pytest.raises(ToolchainError, match="NVIDIA L4: a short TensorFlow matmul .* within 3 s") as err:
+        run_hang_probe(probe, native=False, image_tag=docker_test_image("dfc3").tag, console=io.StringIO())
+    assert time.monotonic() - started < 30  # a probe that keeps printing is still stopped at the deadline
+    assert "Use an A100 or --cpu." in str(err.value)
+    assert stage_containers(docker.from_env(), "dfc3-gpu-hang-probe") == []
+    assert "probing" in probe.log_path.read_text()
+
+
+def test_hang_probe_native_timeout_and_failures(tmp_path):
+    base = dict(image="dfc3", gpu_device_ids=("GPU-x",), gpu_name="NVIDIA A100", advice="advice",
+                build_dir=tmp_path, log_path=tmp_path / "probe.log")
+    with pytest.raises(ToolchainError, match="did not finish within 1 s"):
+        run_hang_probe(HangProbe(**base, timeout_s=1, argv=("sleep", "600")), native=True, image_tag=None,
+                       console=io.StringIO())
+    with pytest.raises(ToolchainError, match="sees no GPU although NVIDIA A100"):
+        run_hang_probe(HangProbe(**base, argv=("python", "-c", "import sys; sys.exit(3)")), native=True,
+                       image_tag=None, console=io.StringIO())
+    with pytest.raises(ToolchainError, match="probe failed on NVIDIA A100 \\(exit code 1\\)"):
+        run_hang_probe(HangProbe(**base, argv=("python", "-c", "raise SystemExit(1)")), native=True,
+                       image_tag=None, console=io.StringIO())
+    ok = HangProbe(**base, argv=("python", "-c", "print('hang probe: ok')"))
+    assert run_hang_probe(ok, native=True, image_tag=None, console=io.StringIO()) < 30
