@@ -124,10 +124,24 @@ def check_dfc_version(arch: str, version: Optional[str] = None) -> str:
     return version
 
 
-def _states(arch: str):
-    """hailo_sdk_client.exposed_definitions.States (UNINITIALIZED, HAILO_MODEL, QUANTIZED_MODEL, ...)."""
-    _import_client(arch)
-    return importlib.import_module("hailo_sdk_client.exposed_definitions").States
+def _state_name(state) -> str:
+    """'HAILO_MODEL' for States.HAILO_MODEL, whatever the enum's values are."""
+    return str(getattr(state, "name", state)).split(".")[-1].upper()
+
+
+# The states each step starts from. hailo_model_zoo compares runner.state with
+# States.HAILO_MODEL / QUANTIZED_MODEL / COMPILED_MODEL; FP_OPTIMIZED_MODEL is a parsed model with
+# the script's float-level changes applied (optimize_full_precision), still to be quantized.
+_OPTIMIZE_FROM = ("HAILO_MODEL", "FP_OPTIMIZED_MODEL")
+_COMPILE_FROM = ("QUANTIZED_MODEL", "QUANTIZED_SLIM_MODEL")
+
+
+def _remove_stale(paths, keep: Path) -> None:
+    """Remove a step's outputs from an earlier run (never its input), so a failed step leaves none."""
+    for path in paths:
+        if Path(path).resolve() != Path(keep).resolve():
+            with contextlib.suppress(FileNotFoundError):
+                Path(path).unlink()
 
 
 def _runner(arch: str, har: Optional[Path] = None):
@@ -410,7 +424,7 @@ def parse(network: NetworkExport, arch: str, out_dir: Path) -> dict:
         net_input_shapes={k: list(v) for k, v in network.net_input_shapes.items()} or None,
     )
     hn = _hn(runner)
-    saved = _save_har(runner, har_path(out_dir, network.net_name, "parse"))
+    saved = _save_har(runner, har_path(out_dir, network.net_name, "parse"))  # replaces an old one
     return {
         "dfc_version": version,
         "arch": arch,
@@ -445,8 +459,7 @@ def optimize(har: Path, network: NetworkExport, arch: str, calib_path: Path,
         why += f", fine-tune dataset_size={needs.finetune_dataset_size}"
     calib = load_calibration(calib_path, network)
     runner = _runner(arch, har)
-    states = _states(arch)
-    if runner.state != states.HAILO_MODEL:
+    if _state_name(runner.state) not in _OPTIMIZE_FROM:
         raise ToolchainError(
             f"HAR {har} is in state {runner.state}, not a parsed model: optimize starts from the "
             "HAR that parse wrote.",
@@ -454,11 +467,13 @@ def optimize(har: Path, network: NetworkExport, arch: str, calib_path: Path,
         )
     hn = _hn(runner)
     entries = check_calibration(calib, network, input_layer_shapes(hn), needs.entries, why, Path(calib_path))
+    optimized = har_path(out_dir, network.net_name, "optimize")
+    _remove_stale([optimized], keep=har)
     alls_path = write_text_atomic(Path(out_dir) / f"{network.net_name}.alls", script.text)
     started = time.monotonic()
     _dfc_call("load_model_script", runner.load_model_script, str(alls_path))
     _dfc_call("optimization (optimize)", runner.optimize, calib)
-    saved = _save_har(runner, har_path(out_dir, network.net_name, "optimize"))
+    saved = _save_har(runner, optimized)
     return {
         "dfc_version": version,
         "arch": arch,
@@ -494,16 +509,14 @@ def compile_har(har: Path, arch: str, out_dir: Path) -> dict:
         raise ToolchainError(f"HAR {har} does not exist.",
                              "Run optimize first (python -m pipeline.optimize).")
     runner = _runner(arch, har)
-    states = _states(arch)
-    if runner.state != states.QUANTIZED_MODEL:
+    if _state_name(runner.state) not in _COMPILE_FROM:
         raise ToolchainError(
             f"HAR {har} is in state {runner.state}, not an optimized (quantized) model.",
             "Pass the <net>_optimized.har that optimize wrote.",
         )
     net_name = runner.model_name
     hef_path = Path(out_dir) / f"{net_name}.hef"
-    with contextlib.suppress(FileNotFoundError):
-        hef_path.unlink()
+    _remove_stale([hef_path, har_path(out_dir, net_name, "compile")], keep=har)
     started = time.monotonic()
     hef = _dfc_call("compilation (compile)", runner.compile)
     if not isinstance(hef, (bytes, bytearray)) or not hef:

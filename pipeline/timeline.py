@@ -274,6 +274,7 @@ def capture_console(path: str | os.PathLike) -> Iterator[Path]:
             threads.append(thread)
         # Python-level writers go straight to the descriptors while capturing, even where
         # sys.stdout had been replaced by something that bypasses them (pytest, notebooks).
+        # (Left open on purpose: a logging handler made meanwhile may keep writing to them.)
         previous_streams = (sys.stdout, sys.stderr)
         sys.stdout = open(1, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace")
         sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace")
@@ -296,8 +297,8 @@ def capture_console(path: str | os.PathLike) -> Iterator[Path]:
 def _pump(read_end: int, console_fd: int, sink, lock: threading.Lock) -> None:
     with os.fdopen(read_end, "rb", buffering=0) as source:
         while chunk := source.read(65536):
-            with lock:  # the file first: whatever the console shows is already in the log
-                sink.write(chunk)
+            with lock, contextlib.suppress(ValueError):  # ValueError: closed after a timeout
+                sink.write(chunk)  # the file first: whatever the console shows is in the log
                 sink.flush()
             with contextlib.suppress(OSError):
                 os.write(console_fd, chunk)

@@ -430,3 +430,15 @@ def test_log_option_reads_the_timeline_from_a_given_log(dfc_double, tiny_export_
     result = run_parse(ParseConfig(tiny_export_dir, "encoder", ARCH, tmp_path / "out", log=log))
     assert result["log"] == str(log) and result["summary"]["contexts"] == 9
     assert not (tmp_path / "out" / "parse-dfc.log").exists()
+
+
+@pytest.mark.slow
+def test_failed_optimize_leaves_no_optimized_har_from_an_earlier_run(optimized_encoder, tiny_export_dir, calib,
+                                                                     monkeypatch):
+    out, net = optimized_encoder
+    assert (out / f"{net}_optimized.har").is_file()
+    monkeypatch.setenv("HAILO_DOUBLE_FAIL_AT", "optimize")
+    with pytest.raises(ToolchainError, match="The DFC failed during optimization .*simulated DFC failure"):
+        _optimize(tiny_export_dir, "encoder", out, calib["encoder"])
+    assert not (out / f"{net}_optimized.har").exists() and not (out / "optimize.json").exists()
+    assert (out / f"{net}.har").is_file()  # the input is kept: optimize can be resumed from it
