@@ -100,21 +100,24 @@ def log_mel(audio: np.ndarray) -> np.ndarray:
     batch = np.atleast_2d(audio).astype(np.float32, copy=False)
     if batch.shape[-1] < N_FFT // 2 + 1:
         raise ValueError(f"log_mel needs at least {N_FFT // 2 + 1} samples, got {batch.shape[-1]}")
+    n_frames = batch.shape[-1] // HOP_LENGTH
+    out = np.empty((len(batch), n_frames, N_MELS), dtype=np.float32)
     pad = N_FFT // 2
-    padded = np.pad(batch, ((0, 0), (pad, pad)), mode="reflect")  # centred frames, as torch.stft
-    # Whisper drops the last STFT frame; skipping it before the FFT gives the same result.
-    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT, axis=-1)[:, ::HOP_LENGTH][:, :-1]
-    spectrum = np.fft.rfft(frames * _hann32(), n=N_FFT, axis=-1)  # [batch, frames, 201] complex64
-    power = np.square(spectrum.real)
-    power += np.square(spectrum.imag)
-    logmel = power @ _mel_filters32()  # [batch, frames, 80]
+    # One window at a time: its intermediates (a few MB) stay in cache, twice as fast as a batch.
+    for wave, mel in zip(batch, out):
+        padded = np.pad(wave, (pad, pad), mode="reflect")  # centred frames, as torch.stft
+        # Whisper drops the last STFT frame; skipping it before the FFT gives the same result.
+        frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH][:n_frames]
+        spectrum = np.fft.rfft(frames * _hann32(), n=N_FFT, axis=-1)  # [frames, 201] complex64
+        power = np.square(spectrum.real)
+        power += np.square(spectrum.imag)
+        np.matmul(power, _mel_filters32(), out=mel)  # [frames, 80]
     with np.errstate(divide="ignore"):  # log10(0) = -inf, clamped next
-        np.log10(logmel, out=logmel)
+        np.log10(out, out=out)
     # Clamping in the log domain keeps the floor exactly log10(1e-10) = -10 in float32.
-    np.maximum(logmel, np.float32(np.log10(LOG_CLAMP)), out=logmel)
-    peak = logmel.max(axis=(1, 2), keepdims=True)
-    np.maximum(logmel, peak - np.float32(DYNAMIC_RANGE), out=logmel)
-    logmel += np.float32(4.0)
-    logmel /= np.float32(4.0)
-    out = logmel
+    np.maximum(out, np.float32(np.log10(LOG_CLAMP)), out=out)
+    peak = out.max(axis=(1, 2), keepdims=True)  # each window has its own max - 8 floor
+    np.maximum(out, peak - np.float32(DYNAMIC_RANGE), out=out)
+    out += np.float32(4.0)
+    out /= np.float32(4.0)
     return out[0] if single else out
