@@ -102,17 +102,11 @@ def greedy_decode(
     if encoder_states is None:
         encoder_states = encode(encoder_session, export_meta, mel_batch)
 
-    decoder = export_meta["decoder"]
-    states_name, embeddings_name = (i["name"] for i in decoder["inputs"])
-    logits_names = [o["name"] for o in decoder["outputs"]]
-
     results = np.full((len(encoder_states), seq_len), end_of_text, dtype=np.int64)
     for row, states in zip(results, encoder_states):
         row[: len(prompt)] = prompt
         for last in range(len(prompt) - 1, seq_len - 1):
-            embedded = (token_embedding[row] + positional_embedding).astype(np.float32)
-            parts = decoder_session.run(logits_names, {states_name: states[None], embeddings_name: embedded[None]})
-            logits = np.concatenate([p[0, last] for p in parts])  # [vocab]
+            logits = next_token_logits(decoder_session, export_meta, token_embedding, positional_embedding, states, row, last)
             logits[suppress] = -np.inf
             if last == len(prompt) - 1:
                 logits[suppress_at_begin] = -np.inf
@@ -121,6 +115,20 @@ def greedy_decode(
             if token == end_of_text:
                 break
     return results
+
+
+def next_token_logits(decoder_session, export_meta: Mapping, token_embedding: np.ndarray,
+                      positional_embedding: np.ndarray, encoder_states: np.ndarray, row: np.ndarray,
+                      last: int) -> np.ndarray:
+    """Logits [vocab] for the token after position `last` of `row` ([seq_len] tokens; later
+    positions are ignored thanks to the causal mask). encoder_states: [positions, d]."""
+    decoder = export_meta["decoder"]
+    states_name, embeddings_name = (i["name"] for i in decoder["inputs"])
+    logits_names = [o["name"] for o in decoder["outputs"]]
+    embedded = (token_embedding[row] + positional_embedding).astype(np.float32)  # [seq_len, d]
+    parts = decoder_session.run(logits_names, {states_name: encoder_states[None].astype(np.float32),
+                                               embeddings_name: embedded[None]})
+    return np.concatenate([p[0, last] for p in parts])
 
 
 def generated_tokens(sequence: Sequence[int], export_meta: Mapping) -> list[int]:

@@ -334,3 +334,44 @@ def test_real_tiny_en_from_ctranslate2_transcribes_speech(tmp_path):
     sessions = onnx_greedy.load_sessions(out, meta)
     rows = onnx_greedy.greedy_decode(*sessions, meta, *onnx_greedy.load_host_assets(out, meta), mel)
     assert [onnx_greedy.generated_tokens(r, meta) for r in rows] == parity["greedy_tokens"]
+
+
+class _FakeReference:
+    """Stands in for transformers' model in the greedy comparison: returns fixed generate() rows."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def generate(self, mel, generation_config):
+        assert generation_config.max_new_tokens == 8 - 4 and generation_config.do_sample is False
+        return torch.tensor(self.rows)
+
+
+def test_greedy_divergence_counts_unless_it_is_a_near_tie(tiny_export):
+    out, meta = tiny_export
+    token_embedding, positional_embedding = onnx_greedy.load_host_assets(out, meta)
+    inputs = export_mod.ParityInputs.make(meta, token_embedding, positional_embedding, seed=0)
+    sessions = onnx_greedy.load_sessions(out, meta)
+    states = onnx_greedy.encode(sessions[0], meta, inputs.mel)
+    logits = np.concatenate(sessions[1].run([o["name"] for o in meta["decoder"]["outputs"]],
+                                            {"encoder_states": states, "decoder_embeddings": inputs.embedded}), -1)
+    ours = {"encoder_states": states, "hf_states": states, "logits": logits}
+    greedy = onnx_greedy.greedy_decode(*sessions, meta, token_embedding, positional_embedding, inputs.mel)
+    generated = onnx_greedy.generated_tokens(greedy[0], meta)
+
+    def run(rows, tolerance):
+        return export_mod.measure_onnx_parity(_FakeReference(rows), out, meta, inputs, ours, token_embedding,
+                                              positional_embedding, None, tolerance)
+
+    same = run([generated], 1e-3)
+    assert same["greedy_token_mismatches"] == 0 and "greedy_near_ties" not in same
+    assert same["encoder_torch_vs_onnx"] == 0 and same["decoder_torch_vs_onnx"] == 0
+    first = onnx_greedy.next_token_logits(sessions[1], meta, token_embedding, positional_embedding, states[0],
+                                          greedy[0], len(meta["tokens"]["prompt"]) - 1)
+    assert int(np.argmax(first)) == generated[0]
+    other = [int(np.argmin(first)), *generated[1:]]  # transformers "chose" the least likely first token
+    wrong = run([other], 1e-3)
+    assert wrong["greedy_token_mismatches"] == len(generated)
+    tie = run([other], 1e9)  # every gap is within this tolerance
+    assert tie["greedy_token_mismatches"] == 0
+    assert tie["greedy_near_ties"][0]["sample"] == 0 and tie["greedy_near_ties"][0]["step"] == 0
