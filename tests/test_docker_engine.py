@@ -152,7 +152,10 @@ def test_images_are_built_once_per_content_and_run_as_non_root(docker_test_image
                                 "onnxslim, soundfile, soxr, tqdm, pipeline; print(torch.__version__)"], remove=True)
     assert out.decode().strip() == "2.13.0+cpu"
     freeze = client.containers.run(docker_test_image("dfc3").tag, ["cat", "/opt/venv/pip-freeze.txt"], remove=True)
-    assert "hailo-dataflow-compiler==3." in freeze.decode().lower().replace("_", "-")
+    assert "hailo_dataflow_compiler @ file:///build/vendor/hailo_dataflow_compiler-3." in freeze.decode()
+    sdk = client.containers.run(docker_test_image("dfc3").tag, ["python", "-c", "import hailo_sdk_client, "
+                                "onnxruntime; print(hailo_sdk_client.__name__)"], remove=True)
+    assert sdk.decode().strip() == "hailo_sdk_client"
     # the second ensure_image finds the tag and builds nothing
     from tests.docker_fixtures import CACHE_DIR, ensure_test_base_image, ensure_wheelhouse
 
