@@ -67,10 +67,12 @@ def compile_build(build_dir: Path, arch: str, models=("encoder", "decoder")) -> 
         network = dfc.load_network_export(build_dir / "export", model)
         out = build_dir / "dfc" / model
         har = dfc.har_path(out, network.net_name, "optimize")
-        if not har.is_file():
+        if not (har.is_file() and (out / "optimize.json").is_file()):
             from pipeline.errors import ToolchainError
 
-            raise ToolchainError(f"{har} does not exist: the {model} is not optimized yet.",
+            # optimize.json is written last: without it the HAR is from an earlier or failed run
+            raise ToolchainError(f"{har} or {out / 'optimize.json'} is missing: the {model} is not "
+                                 "optimized (or its last optimize failed).",
                                  f"Run `invoke optimize --model {model}` first.")
         results[model] = run_compile(CompileConfig(har, arch, out))
     return results

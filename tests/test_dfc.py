@@ -158,7 +158,7 @@ def test_invoke_level_optimize_parses_when_needed_and_compile_needs_optimize(dfc
     shutil.copytree(tiny_export_dir, build / "export")
     (build / "calib").mkdir()
     shutil.copy(calib["encoder"], build / "calib" / "encoder_calib.npy")
-    with pytest.raises(ToolchainError, match="not optimized yet"):
+    with pytest.raises(ToolchainError, match="the encoder is not optimized"):
         compile_build(build, ARCH, ("encoder",))
     results = optimize_build(build, ARCH, ("encoder",), profile="quick")
     assert (build / "dfc" / "encoder" / "parse.json").is_file()
