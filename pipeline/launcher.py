@@ -140,6 +140,20 @@ def execute_stage(
     return StageRun(exit_code, time.monotonic() - start, cmd.log_path), stopped, log.tail()
 
 
+def check_native_dfc() -> str:
+    """For --no-docker DFC stages: the DFC must import in this interpreter. Returns its location."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("hailo_sdk_client")
+    if spec is None:
+        raise ToolchainError(
+            f"--no-docker: hailo_sdk_client does not import in this Python ({sys.executable}).",
+            "Install your DFC wheel into this environment (`pip install "
+            "vendor/hailo_dataflow_compiler-<version>-py3-none-linux_x86_64.whl`), or run with Docker.",
+        )
+    return str(spec.origin)
+
+
 def native_argv(argv: Sequence[str]) -> list[str]:
     """The stage argv with "python" replaced by this interpreter (the one that has our package)."""
     argv = list(argv)

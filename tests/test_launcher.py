@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ToolchainError
-from pipeline.launcher import StageCommand, execute_stage, native_argv, run_stage
+from pipeline.launcher import StageCommand, check_native_dfc, execute_stage, native_argv, run_stage
 
 HANG = "import time; print('working', flush=True); time.sleep(999)"
 
@@ -105,6 +105,21 @@ def _gone_or_zombie(pid):
     except FileNotFoundError:
         return True
     return "State:\tZ" in status
+
+
+def test_native_dfc_must_import_here(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if "dfc_double" not in p])
+    monkeypatch.delitem(sys.modules, "hailo_sdk_client", raising=False)
+    import importlib.util
+
+    if importlib.util.find_spec("hailo_sdk_client") is None:
+        with pytest.raises(ToolchainError, match="--no-docker: hailo_sdk_client does not import in this Python"):
+            check_native_dfc()
+    package = tmp_path / "hailo_sdk_client"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert check_native_dfc() == str(package / "__init__.py")
 
 
 def test_docker_mode_needs_an_image_tag(tmp_path):
