@@ -460,6 +460,23 @@ def _hf_generated(row, meta) -> list[int]:
 # --- the stage ----------------------------------------------------------------------------------
 
 
+EXPORT_LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "onnxslim", "numpy")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that made the export (recorded in export.json for the manifest)."""
+    import importlib.metadata
+    import platform
+
+    versions = {"python": platform.python_version()}
+    for lib in EXPORT_LIBRARIES:
+        try:
+            versions[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            versions[lib] = "not installed"
+    return versions
+
+
 def file_names(spec: BuildSpec) -> dict[str, str]:
     """Artifact names; they carry variant, seconds and sequence length."""
     return {
@@ -517,6 +534,7 @@ def export_whisper(config: ExportConfig, *, parity_mel: Optional[np.ndarray] = N
             "vocab_size": loaded.model.config.vocab_size,
             "opset": config.opset,
             "tokens": token_metadata(loaded, spec),
+            "versions": library_versions(),
         }
 
         # Cheap check first: a wrong rewrite fails here, before minutes of ONNX work.

@@ -70,6 +70,7 @@ def test_metadata_follows_the_contract(tiny_export):
     assert dec["dfc_input_layers"] == {"whisper_tiny_decoder_1s_seq8/input_layer1": "encoder_states",
                                        "whisper_tiny_decoder_1s_seq8/input_layer2": "decoder_embeddings"}
     assert meta["tokens"]["prompt"] == [50258, 50259, 50359, 50363]
+    assert meta["versions"]["torch"].startswith("2.") and meta["versions"]["transformers"]
     assert meta["tokens"]["end_of_text"] == 50257 and meta["tokens"]["start_of_transcript"] == 50258
 
 
