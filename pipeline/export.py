@@ -151,9 +151,10 @@ def _load_transformers(source: str, *, local_only: bool, kind: str) -> LoadedWhi
     except OSError as err:
         hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
         raise ToolchainError(
-            f"Could not load Whisper model {source!r} ({str(err).splitlines()[0]}).",
-            f"Download it into the Hugging Face cache (HF_HOME={hf_home}) first, e.g. "
-            f"`huggingface-cli download {source}`, or pass --model with a local directory.",
+            f"Could not load Whisper model {source!r}: it is not a local directory, and the Hugging Face "
+            f"cache (HF_HOME={hf_home}) cannot provide it ({str(err).splitlines()[0]}).",
+            f"Download it into the cache first, e.g. `huggingface-cli download {source}` on a machine with "
+            "network access, or pass --model with a local transformers or CTranslate2 directory.",
         ) from None
     except ValueError as err:  # e.g. a config of another model type
         raise ToolchainError(f"{source!r} is not a loadable Whisper model: {err}", "Pass a Whisper checkpoint.") from None

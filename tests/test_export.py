@@ -258,7 +258,7 @@ def test_dimension_mismatch_is_refused(random_whisper_dir, tmp_path):
 def test_uncached_hub_id_offline_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    with pytest.raises(ToolchainError, match="Could not load Whisper model 'openai/whisper-tiny'.*huggingface-cli download"):
+    with pytest.raises(ToolchainError, match="Could not load Whisper model 'openai/whisper-tiny': it is not a local directory.*huggingface-cli download"):
         _export("openai/whisper-tiny", tmp_path / "out")
 
 
@@ -376,3 +376,25 @@ def test_greedy_divergence_counts_unless_it_is_a_near_tie(tiny_export):
     tie = run([other], 1e9)  # every gap is within this tolerance
     assert tie["greedy_token_mismatches"] == 0
     assert tie["greedy_near_ties"][0]["sample"] == 0 and tie["greedy_near_ties"][0]["step"] == 0
+
+
+@pytest.mark.slow
+def test_cli_loads_a_hub_id_from_the_hf_home_cache_offline(random_whisper_dir, tmp_path):
+    """`--model openai/whisper-tiny` resolves through HF_HOME's hub cache without network (CLI, subprocess)."""
+    import os
+    import sys
+
+    snapshot = tmp_path / "hf" / "hub" / "models--openai--whisper-tiny" / "snapshots" / ("0" * 40)
+    shutil.copytree(random_whisper_dir("tiny"), snapshot)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "pipeline.export", "--variant", "tiny", "--seconds", "1",
+                           "--seq-len", "8", "--offline", "--out", str(out)],
+                          env=env, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"export written to {out}" in proc.stdout
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["hf_id_or_path"] == "openai/whisper-tiny" and meta["source_kind"] == "hub"
+    assert meta["decoder"]["onnx"] == "whisper_tiny_decoder_1s_seq8.onnx"
