@@ -134,6 +134,8 @@ def main() -> int:
             print(f"    {stage:<18} {seconds:6.2f} s")
         print(f"no-op rebuild (invoke build again):      {noop_s:6.2f} s  (goal <= {NOOP_GOAL_S:g} s: "
               f"{'met' if noop_s <= NOOP_GOAL_S else 'MISSED'}; every stage up to date: {nothing_ran})")
+        if not nothing_ran:
+            print(noop_out)
         return 0 if nothing_ran else 1
     finally:
         if not args.keep and args.out is None:

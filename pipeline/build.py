@@ -183,8 +183,18 @@ class Layout:
 
 
 def _module_file(name: str) -> Optional[Path]:
-    spec = importlib.util.find_spec(name)
-    return Path(spec.origin) if spec and spec.origin and spec.origin.endswith(".py") else None
+    """The source file of module `name`, found on disk without importing anything but its top
+    package (find_spec on a submodule would import its parents, e.g. torch for whisper_hailo)."""
+    top, *rest = name.split(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None or not spec.submodule_search_locations:
+        return Path(spec.origin) if spec and spec.origin and spec.origin.endswith(".py") and not rest else None
+    for location in spec.submodule_search_locations:
+        base = Path(location).joinpath(*rest)
+        for candidate in (base / "__init__.py", base.with_suffix(".py")) if rest else (base / "__init__.py",):
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 def code_fingerprint(entry_modules: Sequence[str], packages: Sequence[str] = ("pipeline", "calib")) -> str:
