@@ -398,3 +398,14 @@ def test_cli_loads_a_hub_id_from_the_hf_home_cache_offline(random_whisper_dir, t
     meta = json.loads((out / "export.json").read_text())
     assert meta["hf_id_or_path"] == "openai/whisper-tiny" and meta["source_kind"] == "hub"
     assert meta["decoder"]["onnx"] == "whisper_tiny_decoder_1s_seq8.onnx"
+
+
+def test_invoke_export_refuses_bad_input_with_a_clear_message(tmp_path):
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "invoke", "export", "--variant", "tiny", "--seq-len", "500",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 2
+    assert "error: Decoder sequence length 500 is outside 1..448" in proc.stderr
+    assert not (tmp_path / "out").exists()
