@@ -251,3 +251,16 @@ def test_hang_probe_native_timeout_and_failures(tmp_path):
                        image_tag=None, console=io.StringIO())
     ok = HangProbe(**base, argv=("python", "-c", "print('hang probe: ok')"))
     assert run_hang_probe(ok, native=True, image_tag=None, console=io.StringIO()) < 30
+
+
+def test_out_of_disk_and_registry_errors_name_the_fix():
+    full = docker_engine._build_error("export", "whisper-hailo:export-x", "b", "failed to copy files: "
+                                      "write /var/lib/docker/tmp/x: no space left on device", "", Path("l.log"))
+    assert "no space left on device" in str(full) and "docker builder prune" in str(full)
+    import docker
+
+    err = docker.errors.APIError("500", explanation="error creating overlay mount: no space left on device")
+    cmd = StageCommand("encoder-compile", "dfc3", ["python"], Path("/tmp/b"), Path("/tmp/b/x.log"))
+    assert "Starting stage encoder-compile failed: no space left" in str(docker_engine._run_error(err, cmd))
+    other = docker.errors.APIError("500", explanation="something else")
+    assert "Docker refused to run stage encoder-compile: something else" in str(docker_engine._run_error(other, cmd))
