@@ -83,6 +83,8 @@ def ensure_wheelhouse() -> Path:
     partial.mkdir(parents=True)
     pip = [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(partial),
            "--only-binary=:all:", "--find-links", str(TORCH_WHEELS)]
+    if not list(TORCH_WHEELS.glob("torch-*+cpu-*.whl")):  # no local torch: PyTorch's CPU index
+        pip += ["--extra-index-url", "https://download.pytorch.org/whl/cpu"]
     subprocess.run(pip + ["-c", str(CONSTRAINTS[0]), *EXPORT_REQUIREMENTS], check=True)
     subprocess.run(pip + ["-c", str(CONSTRAINTS[1]), *DFC_REQUIREMENTS], check=True)
     (partial / ".complete").write_text("ok\n")
