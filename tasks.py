@@ -302,6 +302,7 @@ def build(c, variant="tiny", arch="hailo8l", seconds=None, seq_len=None, model=N
           allow_gpu=False, no_docker=False, out=None, force=None, vendor="vendor", base_image=None,
           wheelhouse=None):
     """Build encoder and decoder HEFs end to end (resumable; reruns only what changed)."""
+    import os
     from pathlib import Path
 
     from pipeline.build import BuildOptions, run_build
@@ -325,6 +326,8 @@ def build(c, variant="tiny", arch="hailo8l", seconds=None, seq_len=None, model=N
         vendor_dir=Path(vendor),
         base_image=base_image,
         wheelhouse=Path(wheelhouse) if wheelhouse else None,
+        # Gated Hugging Face models: the token goes to the export stage at run time only.
+        export_env={"HF_TOKEN": os.environ["HF_TOKEN"]} if os.environ.get("HF_TOKEN") else {},
     )
     run_build(options)
 

@@ -67,6 +67,8 @@ class BuildOptions:
     wheelhouse: Optional[Path] = None  # passed to the image builds (offline installs)
     stall_timeouts: Mapping[str, float] = field(default_factory=dict)  # stage or kind -> seconds
     stage_env: Mapping[str, str] = field(default_factory=dict)  # extra environment for every stage
+    export_env: Mapping[str, str] = field(default_factory=dict)  # export/calib only, e.g. HF_TOKEN
+    hang_probe_timeout_s: float = 120.0  # GPU hang probe before the first DFC stage on a GPU
     stream_logs: bool = True  # stage output on the console too (always in logs/)
 
     def __post_init__(self):
@@ -449,6 +451,7 @@ class _Builder:
         self.tools, self.cache, self.ui = tools, cache, ui
         self.outcomes: list[StageOutcome] = []
         self._docker_client = None
+        self._gpu_probed = False
 
     # one stage ----------------------------------------------------------------------------------
 
@@ -489,15 +492,45 @@ class _Builder:
             log_path=self.layout.logs / log_name,
             read_only_paths=tuple(read_only),
             gpu_device_ids=self.pre.gpu_device_ids if tool.image != "export" else (),
-            env=dict(self.options.stage_env),
+            env=self.stage_env(tool),
             stall_timeout_s=stall,
         )
         if not self.options.no_docker and self._docker_client is None:
             import docker
 
             self._docker_client = docker.from_env()
+        if cmd.gpu_device_ids and not self._gpu_probed:
+            self.probe_gpu(tool)
         run_stage(cmd, native=self.options.no_docker, image_tag=tool.tag, console=self.ui.stream,
                   docker_client=self._docker_client)
+
+    def stage_env(self, tool: Tool) -> dict[str, str]:
+        env = dict(self.options.stage_env)
+        if tool.image == "export":
+            env.update(self.options.export_env)
+            if not self.options.no_docker:
+                # The container's home is thrown away: keep Hugging Face downloads in the build
+                # directory (mounted read-write) so a rerun does not fetch the weights again.
+                env.setdefault("HF_HOME", str(self.layout.root / ".cache" / "huggingface"))
+        return env
+
+    def probe_gpu(self, tool: Tool) -> None:
+        """Once per build, before the first DFC stage on a GPU: a card that would hang the
+        optimizer is reported within the probe's timeout instead of hours later."""
+        from pipeline.hang_probe import HangProbe, run_hang_probe
+
+        devices = self.pre.gpu.get("devices") or [{}]
+        advice = next((v.get("advice", "") for v in self.pre.gpu.get("verdicts", [])
+                       if v.get("gpu", {}).get("uuid") == devices[0].get("uuid")), "")
+        probe = HangProbe(image=tool.image, gpu_device_ids=self.pre.gpu_device_ids,
+                          gpu_name=devices[0].get("name", "the GPU"), advice=advice,
+                          build_dir=self.layout.root, log_path=self.layout.logs / "gpu-hang-probe.log",
+                          timeout_s=self.options.hang_probe_timeout_s)
+        self.ui.running("gpu-hang-probe")
+        took = run_hang_probe(probe, native=self.options.no_docker, image_tag=tool.tag, console=self.ui.stream,
+                              docker_client=self._docker_client)
+        self.ui.done("gpu-hang-probe", took)
+        self._gpu_probed = True
 
     def tool_identity(self, tool: Tool, *entry_modules: str) -> dict:
         identity = dict(tool.identity)
