@@ -234,7 +234,23 @@ def test_native_build_end_to_end(tmp_path, monkeypatch, random_whisper_dir, spee
         calib_dir=speech_dir, profile="quick", cpu=True, no_docker=True, out=tmp_path / "build",
         vendor_dir=tmp_path / "vendor", stage_env={"PYTHONPATH": str(DFC_DOUBLE)},
     )
-    _check_flow(Flow(base), tmp_path)
+    flow = Flow(base)
+    _check_flow(flow, tmp_path)
+
+    # 6. On a GPU host (recorded NVML answer: one A100), the hang probe runs before the first DFC
+    # stage, in the DFC stages' environment. There is no TensorFlow here, so it fails, and the
+    # build stops before parse with the card named.
+    from pipeline.doctor import Probes
+    from pipeline.gpu import Gpu, GpuInventory
+
+    a100 = Gpu(0, "GPU-0f1e2d3c", "NVIDIA A100-SXM4-80GB", (8, 0), 81920, "535.104.05")
+    gpu_flow = Flow(base, probes=Probes(read_gpus=lambda: GpuInventory((a100,), "nvml")))
+    with pytest.raises(ToolchainError, match="GPU probe failed on NVIDIA A100-SXM4-80GB"):
+        gpu_flow.run(cpu=False, force=("parse",))
+    probe_log = (base.build_dir / "logs" / "gpu-hang-probe.log").read_text()
+    assert "tensorflow" in probe_log
+    assert not (base.build_dir / ".stages" / "encoder-parse.json").exists()
+    assert (base.build_dir / ".stages" / "decoder-calib.json").exists()
 
 
 @pytest.mark.slow
@@ -247,10 +263,12 @@ def test_docker_build_end_to_end(tmp_path, random_whisper_dir, speech_dir):
         pytest.skip("docker is not installed")
     vendor = tmp_path / "vendor"
     try:
+        # The containers' test images (debootstrapped base, host wheelhouse, the DFC double as a
+        # wheel in vendor/); the build's own ensure_image then finds them by their content tags.
+        for target in ("export", "dfc3"):
+            docker_fixtures.build_test_image(target, vendor)
         base_image = docker_fixtures.ensure_test_base_image()
         wheelhouse = docker_fixtures.ensure_wheelhouse()
-        wheel = docker_fixtures.ensure_dfc_test_wheel(vendor)
-        docker_fixtures._add_dependencies(wheelhouse, wheel)
     except Exception as err:  # no daemon, no debootstrap: the containers' tests say why
         pytest.skip(f"test images cannot be made here: {err}")
     # Inputs the containers read are copied under tmp_path so their paths can be mounted.
