@@ -159,7 +159,8 @@ def bench_decoder(encoder_set: Path, data: Path, seconds: float, samples: int, w
     out = data / "decoder_calib.npz"
     result = build_decoder_set(DecoderSetConfig(encoder_set, export_dir, out, size=samples, workers=workers,
                                                 progress=False))
-    return {"samples": result.count, "workers": workers, "wall_s": round(result.elapsed_s, 2),
+    return {"samples": result.count, "workers": workers,
+            "load_avg_1m_after": round(os.getloadavg()[0], 2), "wall_s": round(result.elapsed_s, 2),
             "samples_per_s": round(result.count / result.elapsed_s, 2),
             "generated_tokens_mean": result.manifest["generated_tokens_mean"], "shapes": result.shapes}
 
@@ -173,6 +174,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "calib-bench")
     parser.add_argument("--decoder-samples", type=int, default=64)
     parser.add_argument("--skip-decoder", action="store_true")
+    parser.add_argument("--skip-encoder", action="store_true", help="reuse the encoder set of the last run")
     args = parser.parse_args()
     args.data.mkdir(parents=True, exist_ok=True)
 
@@ -181,9 +183,10 @@ def main() -> None:
     print(f"audio: {audio} ({(audio / '.complete').read_text().strip()}, made/cached in "
           f"{time.monotonic() - started:.0f} s)", flush=True)
     out = args.data / "encoder_calib.npy"
-    report = {"cpus": len(os.sched_getaffinity(0)), "rate": args.rate,
-              "encoder": bench_encoder(audio, out, args.entries, args.seconds, args.workers)}
-    print(json.dumps(report["encoder"]), flush=True)
+    report = {"cpus": len(os.sched_getaffinity(0)), "rate": args.rate}
+    if not args.skip_encoder:
+        report["encoder"] = bench_encoder(audio, out, args.entries, args.seconds, args.workers)
+        print(json.dumps(report["encoder"]), flush=True)
     if not args.skip_decoder:
         report["decoder"] = bench_decoder(out, args.data, args.seconds, args.decoder_samples, args.workers)
         print(json.dumps(report["decoder"]), flush=True)

@@ -194,6 +194,32 @@ class _SlotWriter:
         del self.array
 
 
+# Workers do the parallelism; a multi-threaded BLAS inside each of them only fights over the same
+# cores (measured: the mel's small matmul took 3.2 ms with 2 OpenBLAS threads, 0.3 ms with 1).
+_SINGLE_THREADED = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _worker_pool(workers: int) -> cf.ProcessPoolExecutor:
+    """Spawned worker processes with single-threaded BLAS (set in the environment they start with)."""
+    saved = {k: os.environ.get(k) for k in _SINGLE_THREADED}
+    os.environ.update(_SINGLE_THREADED)
+    try:
+        executor = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        # Start every worker now, while the environment says so (they are otherwise started lazily).
+        list(executor.map(_warm_up, range(workers)))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return executor
+
+
+def _warm_up(_: int) -> int:
+    return os.getpid()
+
+
 def _tasks_for(assignments: list[tuple[int, int, int]], windows_per_task: int) -> list[tuple[_Task, list[int]]]:
     """Group (file, window, slot) assignments into tasks of contiguous windows of one file."""
     by_file: dict[int, list[tuple[int, int]]] = defaultdict(list)
@@ -285,7 +311,7 @@ def build_encoder_set(config: EncoderSetConfig) -> EncoderSetResult:
     try:
         writer = _SlotWriter(tmp, capacity, config.frames)
         if workers > 1:
-            executor = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            executor = _worker_pool(workers)
         bar = tqdm(total=capacity, unit="entry", desc="encoder calib", disable=not config.progress, dynamic_ncols=True)
         next_candidate = 0
         holes = list(range(capacity))
