@@ -74,11 +74,6 @@ class BuildOptions:
     def __post_init__(self):
         if self.profile not in PROFILES:
             raise ToolchainError(f"Unknown profile {self.profile!r}.", f"Choose one of: {', '.join(PROFILES)}.")
-        if self.calib_dir is None and not self.calib_download:
-            raise ToolchainError(
-                "No calibration audio: the optimizer quantizes with real speech.",
-                "Pass --calib DIR (a folder of speech recordings, e.g. LibriSpeech) or --calib-download.",
-            )
         if self.calib_dir is not None and self.calib_download:
             raise ToolchainError("--calib and --calib-download both given.", "Pass only one of them.")
         if self.calib_size is not None and self.calib_size < 1:
@@ -279,7 +274,8 @@ def _native_dfc_identity(env: Mapping[str, str]) -> dict:
     return {"dfc_version": found["version"], "dfc_origin": found["origin"]}
 
 
-def resolve_tools(options: BuildOptions, spec: BuildSpec, wheel_version: Optional[str]) -> dict[str, Tool]:
+def resolve_tools(options: BuildOptions, spec: BuildSpec, wheel_version: Optional[str],
+                  log_dir: Optional[Path] = None, console=None) -> dict[str, Tool]:
     """The export tool and the DFC tool; builds (or finds up to date) the images in Docker mode."""
     dfc_image = spec.arch.image
     if options.no_docker:
@@ -294,7 +290,7 @@ def resolve_tools(options: BuildOptions, spec: BuildSpec, wheel_version: Optiona
     tools = {}
     for role, target in (("export", "export"), ("dfc", dfc_image)):
         ref = ensure_image(target, base_image=options.base_image, wheelhouse=options.wheelhouse,
-                           vendor_dir=options.vendor_dir)
+                           vendor_dir=options.vendor_dir, log_dir=log_dir, console=console)
         identity = {"mode": "docker", "image_id": ref.id}
         if role == "dfc":
             identity["dfc_version"] = wheel_version
@@ -335,6 +331,9 @@ def preflight(options: BuildOptions, spec: BuildSpec, layout: Layout, doctor_pro
         if not Path(options.model).expanduser().is_dir():
             blockers.append(f"model: {options.model} is not a folder. Fix: pass a Hugging Face id "
                             "(e.g. openai/whisper-tiny) or a folder with a Whisper checkpoint.")
+    if options.calib_dir is None and not options.calib_download:
+        blockers.append("calibration audio: none given; the optimizer quantizes with real speech. Fix: pass "
+                        "--calib DIR (a folder of speech recordings, e.g. LibriSpeech) or --calib-download.")
     if options.calib_dir is not None:
         calib_dir = Path(options.calib_dir)
         if not calib_dir.is_dir():
@@ -770,7 +769,7 @@ def run_build(options: BuildOptions, *, console=None, doctor_probes=None) -> Bui
         if forced:
             cache.invalidate(forced)
             ui.rich.print(f"--force: rerunning {', '.join(s for s in STAGE_ORDER if s in forced)}")
-        tools = resolve_tools(options, spec, pre.wheel_version)
+        tools = resolve_tools(options, spec, pre.wheel_version, layout.logs, ui.stream)
         builder = _Builder(options, spec, layout, pre, tools, cache, ui)
 
         export = builder.export()

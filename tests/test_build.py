@@ -33,9 +33,6 @@ SECONDS, SEQ_LEN = 1, 8
 
 
 def test_options_refuse_bad_combinations_with_the_fix(tmp_path):
-    with pytest.raises(ToolchainError, match="No calibration audio") as err:
-        BuildOptions()
-    assert "--calib DIR" in err.value.fix
     with pytest.raises(ToolchainError, match="--calib and --calib-download"):
         BuildOptions(calib_dir=tmp_path, calib_download=True)
     with pytest.raises(ToolchainError, match="Unknown profile 'fast'"):
@@ -51,6 +48,10 @@ def test_options_refuse_bad_combinations_with_the_fix(tmp_path):
 
 def test_preflight_reports_every_blocker_at_once_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    no_audio = BuildOptions(cpu=True, no_docker=True, out=tmp_path / "out", vendor_dir=tmp_path / "vendor")
+    with pytest.raises(ToolchainError, match="calibration audio: none given") as err:
+        preflight(no_audio, no_audio.spec, Layout(no_audio.build_dir))
+    assert "--calib DIR" in str(err.value) and "--calib-download" in str(err.value)
     options = BuildOptions(
         model=str(tmp_path / "no-such-model"),
         calib_dir=tmp_path / "no-such-audio",
