@@ -1,13 +1,14 @@
 """Benchmark of `invoke build`: a full build without the DFC, then a no-op rebuild (goal <= 3 s).
 
     .venv/bin/python bench/build_bench.py [--variant tiny] [--seconds 10] [--seq-len 32]
-                                          [--profile quick] [--out DIR] [--keep]
+                                          [--profile quick] [--out DIR] [--keep] [--docker]
     (or `invoke bench`)
 
 Both builds run the real user command, `invoke build --no-docker --cpu ...`, as a child process
 (process start, invoke, the doctor and every stage included), natively, with the DFC test double
 (tests/dfc_double) on PYTHONPATH in place of the licensed DFC, so the DFC stages cost what the
-double costs: the figures are everything *but* the DFC. Inputs: a random-init Whisper with the
+double costs: the figures are everything *but* the DFC. `--docker` runs the same through the
+images (the containers' test images; building them is not counted). Inputs: a random-init Whisper with the
 variant's real dimensions (saved like a hub snapshot) and speech generated with espeak-ng + sox
 (enough for the calibration set the profile needs); making them is not counted.
 
@@ -83,11 +84,24 @@ def make_speech(out: Path, seconds_needed: float) -> Path:
     return out
 
 
-def invoke_build(args: argparse.Namespace, model: Path, speech: Path, build: Path) -> tuple[float, str]:
+def docker_flags(vendor: Path) -> list[str]:
+    """--docker: the containers' test images (debootstrapped base, host wheelhouse, the DFC double
+    as a wheel in `vendor`), made before timing starts."""
+    sys.path.insert(0, str(REPO))
+    from tests import docker_fixtures
+
+    for target in ("export", "dfc3"):
+        docker_fixtures.build_test_image(target, vendor)
+    return ["--base-image", docker_fixtures.ensure_test_base_image(),
+            "--wheelhouse", str(docker_fixtures.ensure_wheelhouse())]
+
+
+def invoke_build(args: argparse.Namespace, model: Path, speech: Path, build: Path,
+                 mode_flags: list[str]) -> tuple[float, str]:
     cmd = [str(Path(sys.executable).with_name("invoke")), "build", "--variant", args.variant, "--arch", "hailo8l",
            "--seconds", str(args.seconds), "--seq-len", str(args.seq_len), "--model", str(model),
-           "--calib", str(speech), "--profile", args.profile, "--cpu", "--no-docker", "--out", str(build),
-           "--vendor", str(build.parent / "vendor")]
+           "--calib", str(speech), "--profile", args.profile, "--cpu", "--out", str(build),
+           "--vendor", str(build.parent / "vendor"), *mode_flags]
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests" / "dfc_double"), "COLUMNS": "120"}
     started = time.monotonic()
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -105,6 +119,8 @@ def main() -> int:
     parser.add_argument("--profile", default="quick", choices=("quick", "full"))
     parser.add_argument("--out", type=Path, default=None, help="scratch folder (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument("--docker", action="store_true",
+                        help="through Docker with the containers' test images instead of --no-docker")
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO))
@@ -121,14 +137,16 @@ def main() -> int:
         build = scratch / "build"
         shutil.rmtree(build, ignore_errors=True)
 
-        full_s, _ = invoke_build(args, model, speech, build)
+        mode_flags = docker_flags(scratch / "vendor") if args.docker else ["--no-docker"]
+        full_s, _ = invoke_build(args, model, speech, build, mode_flags)
         stages = {p.stem: json.loads(p.read_text())["duration_s"]
                   for p in sorted((build / ".stages").glob("*.json")) if p.stem != "file_hashes"}
-        noop_s, noop_out = invoke_build(args, model, speech, build)
+        noop_s, noop_out = invoke_build(args, model, speech, build, mode_flags)
         nothing_ran = "Every stage was up to date" in noop_out
 
         print(f"machine: {os.cpu_count()} cores; {args.variant} {args.seconds:g} s, seq {args.seq_len}, "
-              f"profile {args.profile}, {needed} calibration entries, native, DFC test double")
+              f"profile {args.profile}, {needed} calibration entries, {'Docker' if args.docker else 'native'}, "
+              "DFC test double")
         print(f"full build (invoke build, from scratch): {full_s:6.1f} s")
         for stage, seconds in sorted(stages.items(), key=lambda kv: -kv[1]):
             print(f"    {stage:<18} {seconds:6.2f} s")
