@@ -83,8 +83,37 @@ def _hann32() -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def _mel_filters32() -> np.ndarray:
-    return mel_filters().astype(np.float32)
+def _sparse_filters() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The filterbank as (lower filter start bins, its filters, weights to it, weights to the next).
+
+    Triangular filters overlap only with their neighbours, so every FFT bin feeds at most two
+    adjacent filters: `lo[j]` and `lo[j] + 1`. Summing bins per filter with np.add.reduceat
+    instead of a matmul keeps the summation order fixed: a multi-threaded BLAS sums in an order
+    that depends on its thread count, which would make the set's bytes depend on the machine load.
+    """
+    dense = mel_filters().astype(np.float32)  # [bins, mels]
+    bins, mels = dense.shape
+    lo = np.zeros(bins, dtype=np.int64)
+    previous = 0
+    for j in range(bins):
+        nonzero = np.flatnonzero(dense[j])
+        if len(nonzero) > 2 or (len(nonzero) == 2 and nonzero[1] != nonzero[0] + 1):
+            raise AssertionError(f"FFT bin {j} feeds mel filters {nonzero.tolist()}: not a triangular filterbank")
+        previous = int(nonzero[0]) if len(nonzero) else previous
+        lo[j] = previous
+    w_lo = dense[np.arange(bins), lo]
+    w_next = np.where(lo + 1 < mels, dense[np.arange(bins), np.minimum(lo + 1, mels - 1)], 0).astype(np.float32)
+    filters, starts = np.unique(lo, return_index=True)
+    return filters, starts, w_lo, w_next
+
+
+def _mel_projection(power: np.ndarray, out: np.ndarray) -> None:
+    """out[frames, mels] = power[frames, bins] @ mel filters, in a fixed summation order."""
+    filters, starts, w_lo, w_next = _sparse_filters()
+    out[:] = 0
+    out[:, filters] = np.add.reduceat(power * w_lo, starts, axis=1)
+    upper = filters + 1 < out.shape[1]
+    out[:, filters[upper] + 1] += np.add.reduceat(power * w_next, starts, axis=1)[:, upper]
 
 
 def log_mel(audio: np.ndarray) -> np.ndarray:
@@ -111,7 +140,7 @@ def log_mel(audio: np.ndarray) -> np.ndarray:
         spectrum = np.fft.rfft(frames * _hann32(), n=N_FFT, axis=-1)  # [frames, 201] complex64
         power = np.square(spectrum.real)
         power += np.square(spectrum.imag)
-        np.matmul(power, _mel_filters32(), out=mel)  # [frames, 80]
+        _mel_projection(power, mel)  # [frames, 80]
     with np.errstate(divide="ignore"):  # log10(0) = -inf, clamped next
         np.log10(out, out=out)
     # Clamping in the log domain keeps the floor exactly log10(1e-10) = -10 in float32.

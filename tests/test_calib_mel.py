@@ -69,3 +69,13 @@ def test_silence_is_the_constant_whisper_floor():
 def test_too_short_input_is_refused():
     with pytest.raises(ValueError, match="at least 201 samples"):
         log_mel(np.zeros(100, dtype=np.float32))
+
+
+def test_sparse_mel_projection_equals_the_dense_filterbank():
+    from calib.mel import _mel_projection
+
+    power = (np.random.default_rng(1).random((300, 201)) ** 4).astype(np.float32)
+    out = np.full((300, 80), np.nan, dtype=np.float32)
+    _mel_projection(power, out)
+    dense = power.astype(np.float64) @ mel_filters()
+    assert np.abs(out - dense).max() <= 1e-6 * np.abs(dense).max()
