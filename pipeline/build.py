@@ -22,6 +22,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -264,8 +265,6 @@ def _native_dfc_identity(env: Mapping[str, str]) -> dict:
         "except importlib.metadata.PackageNotFoundError:\n    version = None\n"
         "print(json.dumps({'origin': spec.origin if spec else None, 'version': version}))\n"
     )
-    import os
-
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=60)
     if done.returncode != 0:
