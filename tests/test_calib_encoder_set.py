@@ -125,7 +125,7 @@ def messy_dir(speech_dir, tmp_path):
 
 def test_bad_files_are_counted_skips_with_reasons(messy_dir, tmp_path):
     out = tmp_path / "enc.npy"
-    result = build_encoder_set(_config(messy_dir, out))
+    result = build_encoder_set(_config(messy_dir, out, workers=2))  # skips travel back from worker processes
     reasons = {s["path"]: s["reason"] for s in result.manifest["skipped"]}
     assert reasons["corrupt.wav"].startswith("unreadable: ")
     assert reasons["empty.flac"].startswith("unreadable: ")

@@ -122,6 +122,26 @@ def test_a_complete_partial_file_is_accepted_on_416(served, tmp_path):
     assert (tmp_path / "a.tar.gz").read_bytes() == payload
 
 
+def test_an_interrupted_extraction_leaves_no_tree_and_the_next_run_finishes(served, tmp_path, monkeypatch):
+    import calib.librispeech as librispeech
+
+    server, _, sha = served
+    real_extract = librispeech.extract
+
+    def extract_then_fail(archive, dest):
+        real_extract(archive, dest)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(librispeech, "extract", extract_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        download_librispeech(tmp_path, DownloadSpec(url=server.url, sha256=sha), progress=False)
+    assert find_audio_files(tmp_path) == []  # nothing that looks like (part of) the corpus
+    assert (tmp_path / "dev-clean.tar.gz").is_file()  # the verified archive is kept for the next run
+    monkeypatch.setattr(librispeech, "extract", real_extract)
+    folder = download_librispeech(tmp_path, DownloadSpec(url=server.url, sha256=sha), progress=False)
+    assert len(find_audio_files(folder)) == 3 and server.ranges == [None]
+
+
 def test_a_checksum_mismatch_is_an_error_and_the_bad_file_is_removed(served, tmp_path):
     server, _, _ = served
     with pytest.raises(ToolchainError, match=r"Checksum mismatch for dev-clean\.tar\.gz: sha256 [0-9a-f]{64}, "
