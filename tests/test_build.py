@@ -226,6 +226,65 @@ def _check_flow(flow: Flow, tmp_path: Path) -> None:
             flow.run(model_script=scripts)
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc), children first found first."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def _check_killed_build_resumes(flow: Flow, tmp_path: Path) -> None:
+    """`invoke build` SIGKILLed while optimize runs: the lock stays behind (its pid is dead), the
+    next build takes it over with a warning and resumes at optimize."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    o, build = flow.base, flow.base.build_dir
+    cmd = [str(Path(sys.executable).with_name("invoke")), "build", "--variant", o.variant, "--arch", o.arch,
+           "--seconds", str(o.seconds), "--seq-len", str(o.seq_len), "--model", o.model, "--calib", str(o.calib_dir),
+           "--profile", o.profile, "--cpu", "--no-docker", "--out", str(build), "--vendor", str(o.vendor_dir),
+           "--model-script", str(tmp_path / "scripts"), "--force", "optimize"]
+    env = {**os.environ, "PYTHONPATH": str(DFC_DOUBLE), "HAILO_DOUBLE_HANG_AT": "optimize"}
+    log = build / "logs" / "encoder-optimize.log"
+    log.unlink()  # the earlier runs' log: wait for this run's
+    proc = subprocess.Popen(cmd, cwd=TESTS.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stage_pids = []
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.exists() and "pipeline.optimize" in log.read_text()):
+            assert proc.poll() is None, "the build ended before optimize started"
+            assert time.monotonic() < deadline, "optimize did not start"
+            time.sleep(0.2)
+        stage_pids = _descendants(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        for pid in stage_pids:  # the stage runs in its own session: stop it by its pid
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+    assert json.loads((build / "build.lock").read_text())["pid"] == proc.pid
+    assert not (build / ".stages" / "encoder-optimize.json").exists()
+    result, output = flow.run(model_script=tmp_path / "scripts")
+    assert f"Taking over a stale build lock: pid {proc.pid}" in output
+    assert result.ran == OPTIMIZE_AND_AFTER
+    assert result.up_to_date == BEFORE_OPTIMIZE
+    assert not (build / "build.lock").exists()
+
+
 @pytest.mark.slow
 def test_native_build_end_to_end(tmp_path, monkeypatch, random_whisper_dir, speech_dir):
     # The doctor checks that hailo_sdk_client is importable here; the stages get it on PYTHONPATH.
@@ -237,6 +296,7 @@ def test_native_build_end_to_end(tmp_path, monkeypatch, random_whisper_dir, spee
     )
     flow = Flow(base)
     _check_flow(flow, tmp_path)
+    _check_killed_build_resumes(flow, tmp_path)
 
     # 6. On a GPU host (recorded NVML answer: one A100), the hang probe runs before the first DFC
     # stage, in the DFC stages' environment. There is no TensorFlow here, so it fails, and the
