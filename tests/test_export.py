@@ -409,3 +409,14 @@ def test_invoke_export_refuses_bad_input_with_a_clear_message(tmp_path):
     assert proc.returncode == 2
     assert "error: Decoder sequence length 500 is outside 1..448" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_greedy_helper_imports_neither_torch_nor_transformers():
+    """The calibration stage runs it in a torch-free environment."""
+    import sys
+
+    code = ("import sys, pipeline.onnx_greedy; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr
