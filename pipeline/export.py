@@ -538,6 +538,14 @@ def export_whisper(config: ExportConfig, *, parity_mel: Optional[np.ndarray] = N
             "versions": library_versions(),
         }
 
+        prompt = meta["tokens"]["prompt"]
+        if spec.seq_len <= len(prompt):
+            raise ToolchainError(
+                f"Decoder sequence length {spec.seq_len} leaves no room to generate after the "
+                f"{len(prompt)}-token prompt {prompt}.",
+                f"Use --seq-len above {len(prompt)} (default for {spec.variant.name}: {spec.variant.default_seq_len}).",
+            )
+
         # Cheap check first: a wrong rewrite fails here, before minutes of ONNX work.
         log("checking parity of the rewrite against transformers")
         inputs = ParityInputs.make(meta, token_embedding, positional_embedding, config.seed)

@@ -223,6 +223,12 @@ def test_bad_choices_are_refused_before_any_work(tmp_path, variant, seconds, seq
     assert not (tmp_path / "out").exists()
 
 
+def test_sequence_without_room_after_the_prompt(random_whisper_dir, tmp_path):
+    with pytest.raises(ToolchainError, match=r"length 4 leaves no room to generate after the 4-token prompt"):
+        _export(random_whisper_dir("tiny"), tmp_path / "out", seq_len=4)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == []
+
+
 def test_missing_model_dir(tmp_path):
     with pytest.raises(ToolchainError, match=r"Model directory .*/nowhere does not exist"):
         _export(tmp_path / "nowhere", tmp_path / "out")
