@@ -494,9 +494,9 @@ class _Builder:
             stall_timeout_s=stall,
         )
         if not self.options.no_docker and self._docker_client is None:
-            import docker
+            from pipeline.docker_engine import connect
 
-            self._docker_client = docker.from_env()
+            self._docker_client = connect()
         if cmd.gpu_device_ids and not self._gpu_probed:
             self.probe_gpu(tool)
         run_stage(cmd, native=self.options.no_docker, image_tag=tool.tag, console=self.ui.stream,
@@ -608,10 +608,14 @@ class _Builder:
 
     def decoder_calib(self) -> None:
         lay, tool = self.layout, self.tools["export"]
+        # Only as many pairs as the decoder's script uses: greedy decoding is the slow part
+        # (about 0.5 s per entry on 2 cores) and the encoder set is sized for the encoder's fine-tune.
+        size = _resolved_script(self.options, self.spec, "decoder").needs.entries
         argv = ["python", "-m", "calib", "decoder", "--encoder-set", str(lay.encoder_calib),
-                "--export-dir", str(lay.export_dir), "--out", str(lay.decoder_calib)]
+                "--export-dir", str(lay.export_dir), "--size", str(size), "--out", str(lay.decoder_calib)]
         inputs = StageInputs(
             files={"encoder_calib": lay.encoder_calib, **self._export_files()},
+            params={"size": size},
             tool=self.tool_identity(tool, "calib.__main__", "calib"),
         )
         self.stage("decoder-calib", inputs, lambda: self.launch("decoder-calib", tool, argv),
