@@ -233,7 +233,7 @@ def dfc_double_wheel(c, dest="vendor", version=None):
     import os
     from pathlib import Path
 
-    from pipeline.dfc import build_test_double_wheel
+    from pipeline.vendor import build_test_double_wheel
 
     version = version or os.environ.get("HAILO_DOUBLE_VERSION") or "3.31.0+testdouble"
     print(build_test_double_wheel(Path("tests/dfc_double"), Path(dest), version))

@@ -8,7 +8,6 @@ the destination. Needs internet; everything else in calib/ works offline on any 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tarfile

@@ -24,17 +24,16 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
 from pipeline.errors import ToolchainError
-from pipeline.files import sha256_file, write_bytes_atomic, write_text_atomic
+from pipeline.files import atomic_path, sha256_file, write_bytes_atomic, write_text_atomic
 from pipeline.model_scripts import ResolvedScript
 from pipeline.tables import get_arch
 
@@ -179,25 +178,12 @@ def output_layer_names(hn: dict) -> list[str]:
     return sorted(_layers_of_type(hn, "output_layer"))
 
 
-@contextlib.contextmanager
-def _atomic_har(path: Path) -> Iterator[Path]:
-    """A temporary path that keeps the .har suffix (the DFC may insist on it), renamed on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
-    try:
-        yield tmp
+def _save_har(runner, path: Path) -> dict:
+    with atomic_path(path) as tmp:
+        _dfc_call(f"saving {path.name} (save_har)", runner.save_har, str(tmp))
         if not tmp.is_file():
             raise ToolchainError(f"The DFC did not write {tmp} when asked to save {path}.",
                                  "See the DFC output above for why.")
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def _save_har(runner, path: Path) -> dict:
-    with _atomic_har(path) as tmp:
-        _dfc_call(f"saving {path.name} (save_har)", runner.save_har, str(tmp))
     return {"path": str(path), "sha256": sha256_file(path)}
 
 
@@ -607,39 +593,3 @@ def cli_main(parser, run, argv=None) -> int:
         return 130
     print(json.dumps({k: v for k, v in result.items() if k not in ("timeline",)}, indent=2))
     return 0
-
-
-def build_test_double_wheel(source_dir: Path, dest: Path, version: str = "3.31.0+testdouble") -> Path:
-    """Build the DFC test double (tests/dfc_double) into a wheel in `dest`, offline.
-
-    Used by `make dfc-double-wheel`; the wheel installs like the real one (same distribution
-    name) so container tests exercise the same install path. Its version must say +testdouble.
-    """
-    import shutil
-    import subprocess
-    import sys
-    import tempfile
-
-    if "+testdouble" not in version:
-        raise ToolchainError(f"Test double version {version!r} lacks the +testdouble label.",
-                             "Use e.g. 3.31.0+testdouble or 5.1.0+testdouble.")
-    source_dir, dest = Path(source_dir), Path(dest)
-    if not (source_dir / "pyproject.toml").is_file():
-        raise ToolchainError(f"{source_dir} is not the test double's project (no pyproject.toml).",
-                             "Run from the repository root.")
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        staging = Path(tmp) / "dfc_double"
-        shutil.copytree(source_dir, staging, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
-        wheel_dir = Path(tmp) / "wheel"
-        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                   "--no-index", "-w", str(wheel_dir), str(staging)]
-        done = subprocess.run(command, capture_output=True, text=True,
-                              env={**os.environ, "HAILO_DOUBLE_VERSION": version})
-        if done.returncode != 0:
-            raise ToolchainError(f"Building the test double wheel failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}",
-                                 "Install setuptools and wheel in this environment (pip install setuptools wheel).")
-        (built,) = wheel_dir.glob("hailo_dataflow_compiler-*.whl")
-        target = dest / built.name
-        shutil.copy2(built, target)
-    return target

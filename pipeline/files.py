@@ -26,9 +26,13 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def temp_path_for(path: str | os.PathLike) -> Path:
-    """The temporary name an artifact is written under before it is renamed into place."""
+    """The temporary name an artifact is written under before it is renamed into place.
+
+    Hidden, per process, and keeping the suffix (`.x.partial-123.har` for `x.har`): some writers
+    (numpy, the DFC's save_har) insist on their extension.
+    """
     path = Path(path)
-    return path.with_name(f".{path.name}.partial-{os.getpid()}")
+    return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
 
 
 @contextlib.contextmanager

@@ -82,3 +82,39 @@ def find_dfc_wheel(
             "Download the wheel again from Hailo's Developer Zone or correct the expected hash.",
         )
     return wheel
+
+
+def build_test_double_wheel(source_dir: Path, dest: Path, version: str = "3.31.0+testdouble") -> Path:
+    """Build the DFC test double (tests/dfc_double) into a wheel in `dest`, offline.
+
+    Used by `make dfc-double-wheel`; the wheel installs like the real one (same distribution
+    name) so container tests exercise the same install path. Its version must say +testdouble.
+    """
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    if "+testdouble" not in version:
+        raise ToolchainError(f"Test double version {version!r} lacks the +testdouble label.",
+                             "Use e.g. 3.31.0+testdouble or 5.1.0+testdouble.")
+    source_dir, dest = Path(source_dir), Path(dest)
+    if not (source_dir / "pyproject.toml").is_file():
+        raise ToolchainError(f"{source_dir} is not the test double's project (no pyproject.toml).",
+                             "Run from the repository root.")
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        staging = Path(tmp) / "dfc_double"
+        shutil.copytree(source_dir, staging, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
+        wheel_dir = Path(tmp) / "wheel"
+        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                   "--no-index", "-w", str(wheel_dir), str(staging)]
+        done = subprocess.run(command, capture_output=True, text=True,
+                              env={**os.environ, "HAILO_DOUBLE_VERSION": version})
+        if done.returncode != 0:
+            raise ToolchainError(f"Building the test double wheel failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}",
+                                 "Install setuptools and wheel in this environment (pip install setuptools wheel).")
+        (built,) = wheel_dir.glob("hailo_dataflow_compiler-*.whl")
+        target = dest / built.name
+        shutil.copy2(built, target)
+    return target

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.dfc import build_test_double_wheel
+from pipeline.vendor import build_test_double_wheel
 from pipeline.errors import ToolchainError
 from pipeline.tables import parse_dfc_wheel_name
 
