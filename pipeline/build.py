@@ -17,9 +17,6 @@ not finish, because records are only written after a stage's outputs are in plac
 
 from __future__ import annotations
 
-import ast
-import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -32,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from pipeline.build_lock import BuildLock
+from pipeline.code_closure import code_fingerprint
 from pipeline.errors import ToolchainError
 from pipeline.stage_cache import STAGE_ORDER, StageCache, StageInputs, StageRecord, files_under, resolve_force
 from pipeline.tables import BuildSpec, resolve_spec
@@ -175,64 +173,6 @@ class Layout:
     @property
     def report(self) -> Path:
         return self.root / "report.md"
-
-
-# --- code fingerprints (native mode: the code that runs is this checkout) ------------------------
-
-
-def _module_file(name: str) -> Optional[Path]:
-    """The source file of module `name`, found on disk without importing anything but its top
-    package (find_spec on a submodule would import its parents, e.g. torch for whisper_hailo)."""
-    top, *rest = name.split(".")
-    spec = importlib.util.find_spec(top)
-    if spec is None or not spec.submodule_search_locations:
-        return Path(spec.origin) if spec and spec.origin and spec.origin.endswith(".py") and not rest else None
-    for location in spec.submodule_search_locations:
-        base = Path(location).joinpath(*rest)
-        for candidate in (base / "__init__.py", base.with_suffix(".py")) if rest else (base / "__init__.py",):
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def code_fingerprint(entry_modules: Sequence[str], packages: Sequence[str] = ("pipeline", "calib")) -> str:
-    """sha256 over the source of `entry_modules` and every module of `packages` they import.
-
-    In Docker mode the image id already covers the code; natively this is what makes an edit of
-    pipeline/export.py rerun the export, while an edit of pipeline/build.py reruns nothing.
-    """
-    seen: dict[str, Path] = {}
-    todo = list(entry_modules)
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        try:
-            path = _module_file(name)
-        except (ImportError, ValueError):
-            path = None
-        if path is None:
-            continue
-        seen[name] = path
-        if path.name == "__init__.py" or path.name == "__main__.py":
-            package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-        else:
-            package = name.rsplit(".", 1)[0] if "." in name else name
-        for node in ast.walk(ast.parse(path.read_bytes())):
-            if isinstance(node, ast.Import):
-                todo += [a.name for a in node.names if a.name.split(".")[0] in packages]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    parts = package.split(".")
-                    base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
-                if base.split(".")[0] in packages:
-                    todo.append(base)
-                    todo += [f"{base}.{a.name}" for a in node.names]
-    digest = hashlib.sha256()
-    for name in sorted(seen):
-        digest.update(name.encode() + b"\0" + seen[name].read_bytes() + b"\0")
-    return digest.hexdigest()
 
 
 # --- the tools that run the stages --------------------------------------------------------------

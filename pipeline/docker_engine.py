@@ -1,8 +1,9 @@
 """The one module that talks to Docker (docker-py): build the toolchain images and run stage
 containers.
 
-Images are tagged with a hash of everything that goes into them (Dockerfile, docker/, pipeline/,
-calib/, the DFC wheel's sha256, the wheelhouse listing, the build arguments), so `ensure_image`
+Images are tagged with a hash of everything that goes into them (Dockerfile, docker/, the stage
+modules of pipeline/ and calib/, the DFC wheel's sha256, the wheelhouse listing, the build
+arguments), so `ensure_image`
 skips the build when an image with that tag exists. Stage containers get the host paths at the
 same absolute paths, the caller's uid:gid, the GPUs the gate chose and a label per stage; they
 are always removed, also on Ctrl-C and when the stall watchdog stops them.
@@ -26,6 +27,7 @@ import docker
 import docker.errors
 from docker.types import DeviceRequest, Mount
 
+from pipeline.code_closure import STAGE_ENTRY_MODULES, module_closure
 from pipeline.errors import ToolchainError
 from pipeline.stage_log import StageLog
 from pipeline.tables import IMAGES, UNKNOWN
@@ -41,8 +43,11 @@ IMAGE_REPOSITORY = "whisper-hailo"  # tags: whisper-hailo:<target>-<16 hex of th
 EXPORT_BASE_IMAGE = "python:3.11-slim-bookworm"
 EXPORT_BASE_DIGEST = "sha256:528257d48c1da0dcecc2e725d1ae34498d60c965f1241e39cd6a85a8859bdf84"
 
-# What goes into the build context besides the wheel and the wheelhouse (see the Dockerfile).
-CONTEXT_PATHS = ("Dockerfile", "docker", "pipeline", "calib")
+# What goes into the build context besides the wheel and the wheelhouse (see the Dockerfile):
+# these paths whole, plus only the modules of pipeline/ and calib/ that stage containers run
+# (code_closure.STAGE_ENTRY_MODULES and what they import). Host-only modules (build, doctor,
+# this one, ...) stay out, so editing them neither rebuilds images nor reruns stages.
+CONTEXT_PATHS = ("Dockerfile", "docker")
 # pyproject.toml and README.md are not read by the build: left out so doc edits keep the tag.
 _SKIPPED_NAMES = ("__pycache__", ".pytest_cache")
 _SKIPPED_SUFFIXES = (".pyc", ".pyo")
@@ -137,7 +142,9 @@ def _check_target(target: str) -> None:
 
 def _context_files(repo_root: Path) -> list[tuple[Path, str]]:
     """(host path, path in the context) of the repository files the Dockerfile uses."""
-    files = []
+    repo_root = Path(repo_root)
+    files = [(path, path.relative_to(repo_root).as_posix())
+             for path in sorted(module_closure(STAGE_ENTRY_MODULES, root=repo_root).values())]
     for top in CONTEXT_PATHS:
         path = repo_root / top
         if path.is_file():

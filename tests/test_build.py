@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from pipeline.build import BuildOptions, code_fingerprint, preflight, run_build, Layout
+from pipeline.build import BuildOptions, preflight, run_build, Layout
 from pipeline.build_lock import BuildLock
 from pipeline.errors import ToolchainError
 from pipeline.model_scripts import resolve_model_script
@@ -84,30 +84,6 @@ def test_preflight_refuses_a_calib_size_below_the_scripts_needs(tmp_path, monkey
     needed = resolve_model_script("tiny", "hailo8l", "encoder", "quick").needs.entries
     with pytest.raises(ToolchainError, match=f"--calib-size 3 is below the {needed} entries"):
         preflight(options, options.spec, Layout(options.build_dir))
-
-
-def test_code_fingerprint_follows_imports_only(tmp_path, monkeypatch):
-    pkg = tmp_path / "fpkg"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "stage.py").write_text("from fpkg import helper\nfrom .sub import thing\n")
-    (pkg / "helper.py").write_text("X = 1\n")
-    (pkg / "sub.py").write_text("thing = 1\n")
-    (pkg / "unrelated.py").write_text("Y = 1\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    importlib.invalidate_caches()
-
-    def fp():
-        return code_fingerprint(["fpkg.stage"], packages=("fpkg",))
-
-    first = fp()
-    (pkg / "unrelated.py").write_text("Y = 2\n")
-    assert fp() == first
-    (pkg / "helper.py").write_text("X = 2\n")
-    second = fp()
-    assert second != first
-    (pkg / "sub.py").write_text("thing = 2\n")
-    assert fp() != second
 
 
 # --- end to end --------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def test_bases_are_pinned_by_digest_or_refused():
 def _repo_copy(tmp_path):
     root = tmp_path / "repo"
     root.mkdir()
-    for name in docker_engine.CONTEXT_PATHS:
+    for name in (*docker_engine.CONTEXT_PATHS, "pipeline", "calib"):
         src = REPO_ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / name)
     return root
@@ -95,12 +95,18 @@ def test_inputs_hash_follows_content_and_build_args_only(tmp_path):
     (root / "pipeline" / "__pycache__").mkdir(exist_ok=True)
     (root / "pipeline" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"junk")
     assert inputs_hash("export", args, root, []) == first
+    (root / "pipeline" / "manifest.py").write_text("# host-only: not in the image\n")
+    assert inputs_hash("export", args, root, []) == first
+    (root / "pipeline" / "timeline.py").write_text((root / "pipeline" / "timeline.py").read_text() + "\n# edit\n")
+    assert inputs_hash("export", args, root, []) != first
+    (root / "pipeline" / "timeline.py").write_text((REPO_ROOT / "pipeline" / "timeline.py").read_text())
+    assert inputs_hash("export", args, root, []) == first
     assert inputs_hash("dfc3", args, root, []) != first
     assert inputs_hash("export", {"BASE_IMAGE": "b@sha256:2"}, root, []) != first
     wheel = tmp_path / "numpy-2.0-py3-none-any.whl"
     wheel.write_bytes(b"1")
     assert inputs_hash("export", args, root, [wheel]) != first
-    with open(root / "pipeline" / "launcher.py", "a") as f:
+    with open(root / "pipeline" / "export.py", "a") as f:
         f.write("# changed\n")
     assert inputs_hash("export", args, root, []) != first
 
