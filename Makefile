@@ -1,7 +1,10 @@
-# Thin aliases over invoke. `make hef` == `invoke build --variant tiny --arch hailo8l`.
+# Thin aliases over invoke. `make hef` == `invoke build --variant tiny --arch hailo8l --calib-download`.
 VARIANT ?= tiny
 ARCH ?= hailo8l
 ARGS ?=
+# Speech for calibration: a folder of recordings, or empty to download LibriSpeech dev-clean.
+CALIB ?=
+CALIB_FLAG = $(if $(CALIB),--calib $(CALIB),--calib-download)
 DEST ?= vendor
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,26 +12,32 @@ INVOKE := $(VENV)/bin/invoke
 
 .PHONY: hef test doctor dfc-double-wheel venv clean
 
-# The venv is made once and reused; torch is pinned to the CPU build (never a CUDA build here).
-$(VENV)/.installed: pyproject.toml
+# One venv, made once and reused, holding what each command needs: the host side (invoke,
+# docker-py, NVML, rich) for hef/doctor -- no torch, the stages run in containers -- and
+# everything for the tests. torch is pinned to the CPU build first, so nothing pulls a CUDA build.
+$(VENV)/.host: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[host]"
+	touch $@
+
+$(VENV)/.test: $(VENV)/.host
 	$(PY) -m pip install -q "torch==2.13.0"
 	$(PY) -m pip install -q -e ".[host,export,calib,test]"
 	touch $@
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.test
 
-hef: venv
-	$(INVOKE) build --variant $(VARIANT) --arch $(ARCH) $(ARGS)
+hef: $(VENV)/.host
+	$(INVOKE) build --variant $(VARIANT) --arch $(ARCH) $(CALIB_FLAG) $(ARGS)
 
-doctor: venv
+doctor: $(VENV)/.host
 	$(INVOKE) doctor --arch $(ARCH) $(ARGS)
 
-test: venv
+test: $(VENV)/.test
 	$(PY) -m pytest $(ARGS)
 
-dfc-double-wheel: venv
+dfc-double-wheel: $(VENV)/.host
 	$(INVOKE) dfc-double-wheel --dest $(DEST)
 
 clean:
