@@ -293,31 +293,25 @@ def _native_dfc_check(image, probes: Probes) -> Check:
     return Check("hailo_sdk_client", OK, f"DFC {version} installed")
 
 
+def _minimum_check(name: str, read, minimum_gib: float, what: str, fix: str) -> Check:
+    """ok/blocker for a resource with a minimum in GiB; a warning when it cannot be read."""
+    try:
+        value = read()
+    except OSError as err:
+        return Check(name, WARN, f"could not read the {name}: {err}")
+    status = OK if value >= minimum_gib * GIB else BLOCKER
+    return Check(name, status, f"{value / GIB:.1f} GiB {what} (need {minimum_gib} GiB)",
+                 "" if status == OK else fix)
+
+
 def _resource_checks(build_dir: Path, probes: Probes) -> list[Check]:
-    checks = []
-    try:
-        free = probes.free_disk_bytes(build_dir)
-    except OSError as err:
-        checks.append(Check("free disk", WARN, f"could not read free space under {build_dir}: {err}"))
-    else:
-        status = OK if free >= MIN_FREE_DISK_GIB * GIB else BLOCKER
-        checks.append(Check(
-            "free disk", status,
-            f"{free / GIB:.1f} GiB free under {build_dir} (need {MIN_FREE_DISK_GIB} GiB)",
-            "" if status == OK else f"Free space or pass a build directory on a larger disk (need {MIN_FREE_DISK_GIB} GiB).",
-        ))
-    try:
-        available = probes.available_memory_bytes()
-    except OSError as err:
-        checks.append(Check("memory", WARN, f"could not read available memory: {err}"))
-    else:
-        status = OK if available >= MIN_AVAILABLE_MEMORY_GIB * GIB else BLOCKER
-        checks.append(Check(
-            "memory", status,
-            f"{available / GIB:.1f} GiB available (need {MIN_AVAILABLE_MEMORY_GIB} GiB)",
-            "" if status == OK else f"Use a host with at least {MIN_AVAILABLE_MEMORY_GIB} GiB available RAM or stop other work.",
-        ))
-    return checks
+    return [
+        _minimum_check("free disk", lambda: probes.free_disk_bytes(build_dir), MIN_FREE_DISK_GIB,
+                       f"free under {build_dir}",
+                       f"Free space or pass a build directory on a larger disk (need {MIN_FREE_DISK_GIB} GiB)."),
+        _minimum_check("memory", probes.available_memory_bytes, MIN_AVAILABLE_MEMORY_GIB, "available",
+                       f"Use a host with at least {MIN_AVAILABLE_MEMORY_GIB} GiB available RAM or stop other work."),
+    ]
 
 
 def run_doctor(

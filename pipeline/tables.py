@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Mapping, Optional, TypeVar
 
 from pipeline.errors import ToolchainError
 
 UNKNOWN = "unknown"
+T = TypeVar("T")
 
 # Whisper front end (openai/whisper audio.py): 16 kHz audio, 25 ms window, 10 ms hop, 80 mel bins.
 SAMPLE_RATE = 16000
@@ -219,31 +220,23 @@ def _choices(table: Mapping[str, object]) -> str:
     return ", ".join(table)
 
 
-def get_variant(name: str) -> Variant:
+def _lookup(table: Mapping[str, T], name: str, what: str) -> T:
     try:
-        return VARIANTS[name]
+        return table[name]
     except KeyError:
-        raise ToolchainError(
-            f"Unknown Whisper variant {name!r}.", f"Choose one of: {_choices(VARIANTS)}."
-        ) from None
+        raise ToolchainError(f"Unknown {what} {name!r}.", f"Choose one of: {_choices(table)}.") from None
+
+
+def get_variant(name: str) -> Variant:
+    return _lookup(VARIANTS, name, "Whisper variant")
 
 
 def get_arch(name: str) -> Arch:
-    try:
-        return ARCHS[name]
-    except KeyError:
-        raise ToolchainError(
-            f"Unknown Hailo architecture {name!r}.", f"Choose one of: {_choices(ARCHS)}."
-        ) from None
+    return _lookup(ARCHS, name, "Hailo architecture")
 
 
 def get_image(name: str) -> DfcImage:
-    try:
-        return IMAGES[name]
-    except KeyError:
-        raise ToolchainError(
-            f"Unknown DFC image {name!r}.", f"Choose one of: {_choices(IMAGES)}."
-        ) from None
+    return _lookup(IMAGES, name, "DFC image")
 
 
 def check_seconds(variant: Variant, seconds: float) -> float:
