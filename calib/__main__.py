@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from pipeline.errors import ToolchainError
+from pipeline.errors import run_cli
 
 
 def _encoder(args) -> None:
@@ -97,15 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.run(args)
-    except ToolchainError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_cli(lambda: args.run(args))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
-from pipeline.errors import ToolchainError
+from pipeline.errors import ToolchainError, run_cli
 from pipeline.files import atomic_path, sha256_file, write_bytes_atomic, write_text_atomic
 from pipeline.model_scripts import ResolvedScript
 from pipeline.tables import get_arch
@@ -579,17 +579,11 @@ def run_stage(stage: str, out_dir: Path, work, log: Optional[Path] = None) -> di
 
 
 def cli_main(parser, run, argv=None) -> int:
-    """Shared entry point: parse flags, run, print 'error: ...' and exit 2 on a ToolchainError."""
-    import sys
-
+    """Shared entry point of the stage CLIs: parse flags, run, print the result as JSON."""
     args = parser.parse_args(argv)
-    try:
+
+    def action():
         result = run(args)
-    except ToolchainError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr, flush=True)
-        return 130
-    print(json.dumps({k: v for k, v in result.items() if k not in ("timeline",)}, indent=2))
-    return 0
+        print(json.dumps({k: v for k, v in result.items() if k not in ("timeline",)}, indent=2))
+
+    return run_cli(action)

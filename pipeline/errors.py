@@ -12,3 +12,23 @@ class ToolchainError(Exception):
         self.problem = problem
         self.fix = fix
         super().__init__(f"{problem} {fix}".strip() if fix else problem)
+
+
+def run_cli(action) -> int:
+    """Run a stage CLI's `action()`; return its process exit code.
+
+    0 on success; a ToolchainError prints 'error: <problem> <fix>' to stderr and gives 2;
+    Ctrl-C gives 130. Every `python -m ...` entry point (what the containers run) goes through
+    here, so failures look and exit the same everywhere.
+    """
+    import sys
+
+    try:
+        action()
+    except ToolchainError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
+    return 0

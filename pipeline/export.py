@@ -35,7 +35,7 @@ from typing import Callable, Mapping, Optional
 import numpy as np
 
 from pipeline import ct2
-from pipeline.errors import ToolchainError
+from pipeline.errors import ToolchainError, run_cli
 from pipeline.files import sha256_file, write_json_atomic
 from pipeline.tables import ARCHS, DECODER_VOCAB_SPLITS, VARIANTS, BuildSpec, resolve_spec
 
@@ -640,14 +640,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     def log(message: str) -> None:
         print(f"[export {time.monotonic() - started:6.1f}s] {message}", flush=True)
 
-    try:
+    def action():
         config = make_config(args.variant, args.seconds, args.seq_len, args.model, args.out, args.offline, args.arch)
         result = export_whisper(config, log=log)
-    except ToolchainError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"export written to {result.export_json.parent} ({result.export_json.name} lists the files)")
-    return 0
+        print(f"export written to {result.export_json.parent} ({result.export_json.name} lists the files)")
+
+    return run_cli(action)
 
 
 if __name__ == "__main__":
