@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
-import json
 import os
 import time
 import zipfile
@@ -33,9 +32,9 @@ from tqdm import tqdm
 from calib.audio import resolve_workers
 from pipeline import onnx_greedy
 from pipeline.errors import ToolchainError
+from pipeline.export_meta import read_export_json
 from pipeline.files import temp_path_for, write_json_atomic
 
-EXPORT_JSON = "export.json"
 MANIFEST_FORMAT = 1
 
 
@@ -57,17 +56,6 @@ class DecoderSetResult:
     shapes: dict
     elapsed_s: float
     manifest: dict = field(repr=False, default_factory=dict)
-
-
-def read_export_meta(export_dir: str | os.PathLike) -> dict:
-    """export.json of a finished export (a ToolchainError names the fix when it is missing)."""
-    path = Path(export_dir) / EXPORT_JSON
-    if not path.is_file():
-        raise ToolchainError(
-            f"No finished export in {str(export_dir)!r} ({EXPORT_JSON} is missing).",
-            "Run the export stage first (`invoke export` / `python -m pipeline.export`).",
-        )
-    return json.loads(path.read_text())
 
 
 def decoder_input_keys(meta: dict) -> tuple[str, str]:
@@ -119,7 +107,7 @@ def _check_encoder_set(encoder_set: np.ndarray, meta: dict, path: Path) -> None:
 def build_decoder_set(config: DecoderSetConfig) -> DecoderSetResult:
     """Build the decoder calibration .npz described by `config`; see the module docstring."""
     started = time.monotonic()
-    meta = read_export_meta(config.export_dir)
+    meta = read_export_json(config.export_dir)
     if not Path(config.encoder_set).is_file():
         raise ToolchainError(
             f"Encoder calibration set {str(config.encoder_set)!r} does not exist.",

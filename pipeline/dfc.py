@@ -33,12 +33,12 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 
 from pipeline.errors import ToolchainError, run_cli
+from pipeline.export_meta import EXPORT_FORMAT, EXPORT_JSON, read_export_json
 from pipeline.files import atomic_path, sha256_file, write_bytes_atomic, write_text_atomic
 from pipeline.model_scripts import ResolvedScript
 from pipeline.tables import get_arch
 
 DFC_DISTRIBUTION = "hailo_dataflow_compiler"  # the wheel's distribution name
-EXPORT_FORMAT = 1
 MODELS = ("encoder", "decoder")
 
 _HOW_TO_SUPPLY = (
@@ -236,17 +236,9 @@ def load_network_export(export_dir: Path, model: str) -> NetworkExport:
     export_dir = Path(export_dir)
     if model not in MODELS:
         raise ToolchainError(f"Unknown model {model!r}.", f"Choose one of: {', '.join(MODELS)}.")
-    meta_path = export_dir / "export.json"
-    if not meta_path.is_file():
-        raise ToolchainError(f"{meta_path} does not exist.",
-                             "Run the export stage first (invoke export), or pass the export "
-                             "directory that contains export.json.")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ToolchainError(f"{meta_path} is not valid JSON: {err}.",
-                             "Run the export stage again.") from None
-    if meta.get("format") != EXPORT_FORMAT or model not in meta:
+    meta = read_export_json(export_dir)
+    meta_path = export_dir / EXPORT_JSON
+    if model not in meta:
         raise ToolchainError(
             f"{meta_path} is not an export.json of format {EXPORT_FORMAT} with a {model!r} entry.",
             "Run the export stage again with this version of the toolchain.",

@@ -36,11 +36,10 @@ import numpy as np
 
 from pipeline import ct2
 from pipeline.errors import ToolchainError, run_cli
+from pipeline.export_meta import EXPORT_FORMAT, EXPORT_JSON
 from pipeline.files import sha256_file, write_json_atomic
 from pipeline.tables import ARCHS, DECODER_VOCAB_SPLITS, VARIANTS, BuildSpec, resolve_spec
 
-EXPORT_FORMAT = 1
-EXPORT_JSON = "export.json"
 OPSET = 17
 ENCODER_INPUT = "input_features"
 ENCODER_OUTPUT = "encoder_states"
@@ -601,15 +600,6 @@ def _save_tokenizer(tokenizer, work: Path) -> list[str]:
         os.replace(staging / name, work / name)
     staging.rmdir()
     return names
-
-
-def read_export_json(export_dir: str | Path) -> dict:
-    """The export metadata of a finished export (ToolchainError when the export is missing)."""
-    path = Path(export_dir) / EXPORT_JSON
-    if not path.is_file():
-        raise ToolchainError(f"No finished export in {export_dir} ({EXPORT_JSON} is missing).",
-                             "Run `invoke export` (python -m pipeline.export) first.")
-    return json.loads(path.read_text())
 
 
 # --- CLI ----------------------------------------------------------------------------------------
