@@ -1,4 +1,4 @@
-# Images of the Whisper -> Hailo toolchain (built by `invoke image`, pipeline/docker_engine.py):
+# Images of the Whisper -> Hailo toolchain (built by `invoke image`, pipeline/host/docker_engine.py):
 #   export       CPU: torch (CPU), transformers, onnx, onnxruntime, onnxslim, calibration deps,
 #                espeak-ng + sox, our package. Base: python:3.11-slim-bookworm pinned by digest.
 #   dfc3, dfc5   NVIDIA CUDA/cuDNN runtime pinned by digest (pipeline/tables.py IMAGES), the

@@ -29,7 +29,7 @@ def _friendly_errors(fn):
     return wrapper
 
 
-# --- foundation: GPU gate and doctor (pipeline/gpu.py, pipeline/doctor.py) -------------------
+# --- foundation: GPU gate and doctor (pipeline/host/gpu.py, pipeline/host/doctor.py) -------------------
 
 
 @task(
@@ -53,7 +53,7 @@ def doctor(c, arch="hailo8l", vendor="vendor", build_dir="build", cpu=False, all
     """
     from pathlib import Path
 
-    from pipeline.doctor import run_doctor
+    from pipeline.host.doctor import run_doctor
 
     report = run_doctor(arch, vendor_dir=Path(vendor), build_dir=Path(build_dir), cpu=cpu,
                         allow_gpu=allow_gpu, no_docker=no_docker)
@@ -80,7 +80,7 @@ def gpu_check(c, name, compute, arch="hailo8l", driver=None):
     Prints the decision and reason; exits 0 when supported, 1 when refused or unknown.
     Example: invoke gpu-check --name "NVIDIA L4" --compute 8.9 --arch hailo8l
     """
-    from pipeline.gpu import check_card
+    from pipeline.host.gpu import check_card
     from pipeline.tables import get_arch
 
     gpu, verdict = check_card(name, compute, arch, driver)
@@ -89,7 +89,7 @@ def gpu_check(c, name, compute, arch="hailo8l", driver=None):
         raise Exit(code=1)
 
 
-# --- export (pipeline/export.py) --------------------------------------------------------------
+# --- export (pipeline/export/export.py) --------------------------------------------------------------
 
 
 @task(
@@ -105,8 +105,8 @@ def gpu_check(c, name, compute, arch="hailo8l", driver=None):
 )
 @_friendly_errors
 def export(c, variant="tiny", seconds=None, seq_len=None, model=None, out=None, arch="hailo8l", offline=False):
-    """Export Whisper to Hailo-compatible encoder/decoder ONNX, with parity checks (pipeline/export.py)."""
-    from pipeline.export import export_whisper, make_config
+    """Export Whisper to Hailo-compatible encoder/decoder ONNX, with parity checks (pipeline/export/export.py)."""
+    from pipeline.export.export import export_whisper, make_config
 
     config = make_config(variant, None if seconds is None else float(seconds),
                          None if seq_len is None else int(seq_len), model, out, offline, arch)
@@ -127,7 +127,7 @@ def export(c, variant="tiny", seconds=None, seq_len=None, model=None, out=None, 
         "size": "target encoder entries (default: tiny 4000, base 2048)",
         "min_entries": "fail below this many usable entries (the model script's finetune dataset_size)",
         "seed": "shuffle seed (default 0)",
-        "export_dir": "pipeline.export output for the decoder set (default <build>/export)",
+        "export_dir": "pipeline.export.export output for the decoder set (default <build>/export)",
         "build_dir": "default build/<variant>-<arch>",
         "encoder_only": "make the encoder set only (no export needed)",
         "workers": "processes/threads (default: all cores)",
@@ -164,7 +164,7 @@ def calib(c, variant="tiny", arch="hailo8l", audio=None, download=False, seconds
         out=root / "calib" / "decoder_calib.npz", workers=workers))
     print(f"decoder set: {decoder.path} " + ", ".join(f"{k} {v}" for k, v in decoder.shapes.items()))
 
-# --- DFC stages (pipeline/dfc.py, pipeline/optimize.py, pipeline/compile.py) -------------------
+# --- DFC stages (pipeline/dfc/client.py, pipeline/dfc/optimize.py, pipeline/dfc/compile.py) -------------------
 
 
 def _dfc_models(model):
@@ -188,7 +188,7 @@ def optimize(c, variant="tiny", arch="hailo8l", model="both", profile="full", mo
     """Parse (if needed) and optimize with the DFC installed HERE (no container; `invoke build` uses one)."""
     from pathlib import Path
 
-    from pipeline.optimize import optimize_build
+    from pipeline.dfc.optimize import optimize_build
 
     build = Path(build_dir) if build_dir else Path("build") / f"{variant}-{arch}"
     results = optimize_build(build, arch, _dfc_models(model), profile,
@@ -210,7 +210,7 @@ def compile(c, variant="tiny", arch="hailo8l", model="both", build_dir=None):
     """Compile optimized HARs to HEFs with the DFC installed HERE (no container)."""
     from pathlib import Path
 
-    from pipeline.compile import compile_build
+    from pipeline.dfc.compile import compile_build
 
     build = Path(build_dir) if build_dir else Path("build") / f"{variant}-{arch}"
     for name, result in compile_build(build, arch, _dfc_models(model)).items():
@@ -233,7 +233,7 @@ def dfc_double_wheel(c, dest="vendor", version=None):
     import os
     from pathlib import Path
 
-    from pipeline.vendor import build_test_double_wheel
+    from pipeline.host.vendor import build_test_double_wheel
 
     version = version or os.environ.get("HAILO_DOUBLE_VERSION") or "3.31.0+testdouble"
     print(build_test_double_wheel(Path("tests/dfc_double"), Path(dest), version))
@@ -256,7 +256,7 @@ def image(c, target, base_image=None, wheelhouse=None, vendor="vendor", dfc_sha2
     """Build one toolchain image (skipped when an image of the same inputs exists)."""
     from pathlib import Path
 
-    from pipeline.docker_engine import ensure_image
+    from pipeline.host.docker_engine import ensure_image
 
     ref = ensure_image(
         target,
@@ -268,7 +268,7 @@ def image(c, target, base_image=None, wheelhouse=None, vendor="vendor", dfc_sha2
     print(f"{ref.tag} {ref.id}")
 
 
-# --- end-to-end build (pipeline/build.py) ------------------------------------------------------
+# --- end-to-end build (pipeline/host/build.py) ------------------------------------------------------
 
 
 @task(
@@ -305,7 +305,7 @@ def build(c, variant="tiny", arch="hailo8l", seconds=None, seq_len=None, model=N
     import os
     from pathlib import Path
 
-    from pipeline.build import BuildOptions, run_build
+    from pipeline.host.build import BuildOptions, run_build
 
     options = BuildOptions(
         variant=variant,

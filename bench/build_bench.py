@@ -124,7 +124,7 @@ def main() -> int:
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO))
-    from pipeline.model_scripts import resolve_model_script
+    from pipeline.dfc.model_scripts import resolve_model_script
 
     needed = max(resolve_model_script(args.variant, "hailo8l", m, args.profile).needs.entries
                  for m in ("encoder", "decoder"))

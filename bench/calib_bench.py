@@ -145,7 +145,7 @@ def bench_decoder(encoder_set: Path, data: Path, seconds: float, samples: int, w
         import torch
         from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-        from pipeline.export import export_whisper, make_config
+        from pipeline.export.export import export_whisper, make_config
 
         torch.manual_seed(0)
         config = WhisperConfig(vocab_size=51865, num_mel_bins=80, d_model=384, encoder_layers=4, decoder_layers=4,

@@ -47,7 +47,7 @@ def make_random_model(variant: str, out: Path) -> Path:
 
 def run_case(variant: str, seconds: float, model_dir: str, out_dir: str) -> dict:
     """One export in this process; returns the figures."""
-    from pipeline.export import export_whisper, make_config
+    from pipeline.export.export import export_whisper, make_config
 
     config = make_config(variant, seconds, None, model_dir, out_dir, offline=True)
     started = time.perf_counter()

@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dec = sub.add_parser("decoder", help="decoder set: encoder states + embedded greedy tokens, .npz")
     dec.add_argument("--encoder-set", required=True, help="the encoder set .npy")
-    dec.add_argument("--export-dir", required=True, help="pipeline.export output folder (export.json)")
+    dec.add_argument("--export-dir", required=True, help="pipeline.export.export output folder (export.json)")
     dec.add_argument("--out", required=True, help="output .npz")
     dec.add_argument("--size", type=int, default=None, help="use the first N entries (default: all)")
     dec.add_argument("--workers", type=int, default=None, help="samples decoded concurrently (default: all cores)")

@@ -3,7 +3,7 @@
 For each entry of the encoder calibration set ([N, 1, frames, 80] NHWC mel):
 1. run the exported encoder ONNX (input [1, 80, 1, frames] NCHW) -> states [positions, d];
 2. greedy-decode with the exported decoder ONNX from export.json's prompt until end-of-text or
-   seq_len (pipeline.onnx_greedy: one decoder run per generated token, no more);
+   seq_len (pipeline.export.onnx_greedy: one decoder run per generated token, no more);
 3. embed the token sequence on the host: token_embedding[tokens] + positional_embedding.
 
 The two decoder inputs are saved in an .npz keyed by the DFC input layer names that export.json
@@ -30,9 +30,9 @@ from numpy.lib import format as npy_format
 from tqdm import tqdm
 
 from calib.audio import resolve_workers
-from pipeline import onnx_greedy
+from pipeline.export import onnx_greedy
 from pipeline.errors import ToolchainError
-from pipeline.export_meta import read_export_json
+from pipeline.export.meta import read_export_json
 from pipeline.files import temp_path_for, write_json_atomic
 
 MANIFEST_FORMAT = 1
@@ -41,7 +41,7 @@ MANIFEST_FORMAT = 1
 @dataclass(frozen=True)
 class DecoderSetConfig:
     encoder_set: Path  # .npy [N, 1, frames, 80] from calib.encoder_set
-    export_dir: Path  # pipeline.export output (export.json + ONNX + host .npy assets)
+    export_dir: Path  # pipeline.export.export output (export.json + ONNX + host .npy assets)
     out: Path  # .npz; a manifest goes to <stem>.manifest.json beside it
     size: Optional[int] = None  # use the first `size` entries (None: all)
     workers: Optional[int] = None  # concurrent samples (None: every available core)

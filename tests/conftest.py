@@ -80,7 +80,7 @@ def speech_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def docker_test_image(tmp_path_factory):
-    """Factory: docker_test_image("export" | "dfc3") -> pipeline.docker_engine.ImageRef.
+    """Factory: docker_test_image("export" | "dfc3") -> pipeline.host.docker_engine.ImageRef.
 
     Real images built FROM a debootstrapped Debian (no registry) with a host wheelhouse; dfc3
     holds the DFC test double wheel. Cached by content tag (tests/docker_fixtures.py), so only a
@@ -113,10 +113,10 @@ TINY_EXPORT = {"variant": "tiny", "arch": "hailo8l", "seconds": 1, "seq_len": 8}
 
 @pytest.fixture(scope="session")
 def tiny_export_dir(random_whisper_dir, tmp_path_factory):
-    """A real pipeline.export of a random-init tiny Whisper at 1 s input, decoder seq_len 8
+    """A real pipeline.export.export of a random-init tiny Whisper at 1 s input, decoder seq_len 8
     (export.json + ONNX files; about half a minute, once per session). Treat as read-only:
     copy it (shutil.copytree) before changing anything."""
-    from pipeline.export import ExportConfig, export_whisper
+    from pipeline.export.export import ExportConfig, export_whisper
     from pipeline.tables import resolve_spec
 
     spec = resolve_spec(TINY_EXPORT["variant"], TINY_EXPORT["arch"], TINY_EXPORT["seconds"],

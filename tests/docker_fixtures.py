@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.docker_engine import REPO_ROOT, ImageRef, ensure_image
+from pipeline.host.docker_engine import REPO_ROOT, ImageRef, ensure_image
 
 TEST_BASE_IMAGE = "whisper-hailo-test-base:bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"

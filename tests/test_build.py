@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from pipeline.build import BuildOptions, preflight, run_build, Layout
-from pipeline.build_lock import BuildLock
+from pipeline.host.build import BuildOptions, preflight, run_build, Layout
+from pipeline.host.build_lock import BuildLock
 from pipeline.errors import ToolchainError
-from pipeline.model_scripts import resolve_model_script
-from pipeline.stage_cache import STAGE_ORDER
+from pipeline.dfc.model_scripts import resolve_model_script
+from pipeline.host.stage_cache import STAGE_ORDER
 
 TESTS = Path(__file__).resolve().parent
 DFC_DOUBLE = TESTS / "dfc_double"
@@ -237,7 +237,7 @@ def _check_killed_build_resumes(flow: Flow, tmp_path: Path) -> None:
     stage_pids = []
     try:
         deadline = time.monotonic() + 120
-        while not (log.exists() and "pipeline.optimize" in log.read_text()):
+        while not (log.exists() and "pipeline.dfc.optimize" in log.read_text()):
             assert proc.poll() is None, "the build ended before optimize started"
             assert time.monotonic() < deadline, "optimize did not start"
             time.sleep(0.2)
@@ -277,8 +277,8 @@ def test_native_build_end_to_end(tmp_path, monkeypatch, random_whisper_dir, spee
     # 6. On a GPU host (recorded NVML answer: one A100), the hang probe runs before the first DFC
     # stage, in the DFC stages' environment. There is no TensorFlow here, so it fails, and the
     # build stops before parse with the card named.
-    from pipeline.doctor import Probes
-    from pipeline.gpu import Gpu, GpuInventory
+    from pipeline.host.doctor import Probes
+    from pipeline.host.gpu import Gpu, GpuInventory
 
     a100 = Gpu(0, "GPU-0f1e2d3c", "NVIDIA A100-SXM4-80GB", (8, 0), 81920, "535.104.05")
     gpu_flow = Flow(base, probes=Probes(read_gpus=lambda: GpuInventory((a100,), "nvml")))

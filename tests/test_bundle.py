@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from pipeline.bundle import NOT_DEPLOYABLE_BANNER, bundle_files, make_bundle
+from pipeline.host.bundle import NOT_DEPLOYABLE_BANNER, bundle_files, make_bundle
 from pipeline.files import sha256_file
 from pipeline.tables import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE, resolve_spec
 

@@ -10,7 +10,7 @@ import pytest
 import calib.decoder_set as decoder_set
 from calib.decoder_set import DecoderSetConfig, build_decoder_set
 from calib.encoder_set import EncoderSetConfig, build_encoder_set
-from pipeline import onnx_greedy
+from pipeline.export import onnx_greedy
 from pipeline.errors import ToolchainError
 
 pytestmark = pytest.mark.slow

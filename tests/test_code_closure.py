@@ -1,4 +1,4 @@
-from pipeline.code_closure import STAGE_ENTRY_MODULES, code_fingerprint, module_closure
+from pipeline.host.code_closure import STAGE_ENTRY_MODULES, code_fingerprint, module_closure
 
 
 def _package(root):
@@ -37,9 +37,14 @@ def test_fingerprint_changes_with_imported_code_only(tmp_path):
 
 def test_stage_containers_get_the_stage_code_and_not_the_host_side():
     closure = module_closure(STAGE_ENTRY_MODULES)
-    for needed in ("pipeline.export", "pipeline.whisper_hailo", "pipeline.dfc", "pipeline.timeline",
-                   "calib.encoder_set", "calib.decoder_set", "pipeline.onnx_greedy", "pipeline.tables"):
+    for needed in ("pipeline.export.export", "pipeline.export.whisper_hailo", "pipeline.dfc.client", "pipeline.dfc.timeline",
+                   "calib.encoder_set", "calib.decoder_set", "pipeline.export.onnx_greedy", "pipeline.tables"):
         assert needed in closure
-    for host_only in ("pipeline.build", "pipeline.docker_engine", "pipeline.doctor", "pipeline.gpu",
-                      "pipeline.manifest", "pipeline.stage_cache"):
+    for host_only in ("pipeline.host.build", "pipeline.host.docker_engine", "pipeline.host.doctor", "pipeline.host.gpu",
+                      "pipeline.host.manifest", "pipeline.host.stage_cache"):
         assert host_only not in closure
+
+
+def test_no_module_of_pipeline_host_is_in_any_stage_container():
+    closure = module_closure(STAGE_ENTRY_MODULES)
+    assert [m for m in closure if m.startswith("pipeline.host")] == []

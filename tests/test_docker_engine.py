@@ -1,4 +1,4 @@
-"""pipeline.docker_engine (+ pipeline.hang_probe): connection errors, base pinning, content tags,
+"""pipeline.host.docker_engine (+ pipeline.host.hang_probe): connection errors, base pinning, content tags,
 real image builds and stage containers on the local Docker Engine (CPU, no registry)."""
 
 import io
@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import docker_engine
-from pipeline.docker_engine import (
+from pipeline.host import docker_engine
+from pipeline.host.docker_engine import (
     REPO_ROOT, base_image_for, connect, ensure_image, inputs_hash, stage_containers, stage_mounts,
 )
 from pipeline.errors import ToolchainError
-from pipeline.hang_probe import HangProbe, run_hang_probe
-from pipeline.launcher import StageCommand, run_stage
+from pipeline.host.hang_probe import HangProbe, run_hang_probe
+from pipeline.host.launcher import StageCommand, run_stage
 from pipeline.tables import IMAGES
 
 BOGUS = "unix:///nonexistent/docker.sock"
@@ -95,18 +95,18 @@ def test_inputs_hash_follows_content_and_build_args_only(tmp_path):
     (root / "pipeline" / "__pycache__").mkdir(exist_ok=True)
     (root / "pipeline" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"junk")
     assert inputs_hash("export", args, root, []) == first
-    (root / "pipeline" / "manifest.py").write_text("# host-only: not in the image\n")
+    (root / "pipeline" / "host" / "manifest.py").write_text("# host-only: not in the image\n")
     assert inputs_hash("export", args, root, []) == first
-    (root / "pipeline" / "timeline.py").write_text((root / "pipeline" / "timeline.py").read_text() + "\n# edit\n")
+    (root / "pipeline" / "dfc" / "timeline.py").write_text((root / "pipeline" / "dfc" / "timeline.py").read_text() + "\n# edit\n")
     assert inputs_hash("export", args, root, []) != first
-    (root / "pipeline" / "timeline.py").write_text((REPO_ROOT / "pipeline" / "timeline.py").read_text())
+    (root / "pipeline" / "dfc" / "timeline.py").write_text((REPO_ROOT / "pipeline" / "dfc" / "timeline.py").read_text())
     assert inputs_hash("export", args, root, []) == first
     assert inputs_hash("dfc3", args, root, []) != first
     assert inputs_hash("export", {"BASE_IMAGE": "b@sha256:2"}, root, []) != first
     wheel = tmp_path / "numpy-2.0-py3-none-any.whl"
     wheel.write_bytes(b"1")
     assert inputs_hash("export", args, root, [wheel]) != first
-    with open(root / "pipeline" / "export.py", "a") as f:
+    with open(root / "pipeline" / "export" / "export.py", "a") as f:
         f.write("# changed\n")
     assert inputs_hash("export", args, root, []) != first
 

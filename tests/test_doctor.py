@@ -13,7 +13,7 @@ import docker.errors
 import pytest
 from rich.console import Console
 
-from pipeline.doctor import (
+from pipeline.host.doctor import (
     BLOCKER,
     GIB,
     MIN_AVAILABLE_MEMORY_GIB,
@@ -25,7 +25,7 @@ from pipeline.doctor import (
     run_doctor,
 )
 from pipeline.files import sha256_file
-from pipeline.gpu import Gpu, GpuInventory
+from pipeline.host.gpu import Gpu, GpuInventory
 
 REPO = Path(__file__).resolve().parents[1]
 WHEEL3 = "hailo_dataflow_compiler-3.31.0-py3-none-linux_x86_64.whl"

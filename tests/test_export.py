@@ -1,4 +1,4 @@
-"""pipeline/export.py: Hailo-compatible ONNX export with enforced parity, and its metadata."""
+"""pipeline/export/export.py: Hailo-compatible ONNX export with enforced parity, and its metadata."""
 
 import json
 import re
@@ -12,10 +12,10 @@ import onnx
 import pytest
 import torch
 
-from pipeline import export as export_mod
-from pipeline import onnx_greedy
+from pipeline.export import export as export_mod
+from pipeline.export import onnx_greedy
 from pipeline.errors import ToolchainError
-from pipeline.export import ExportConfig, ParityTolerances, check_parity, export_whisper, make_config
+from pipeline.export.export import ExportConfig, ParityTolerances, check_parity, export_whisper, make_config
 from pipeline.files import sha256_file
 from pipeline.tables import resolve_spec
 
@@ -396,7 +396,7 @@ def test_cli_loads_a_hub_id_from_the_hf_home_cache_offline(random_whisper_dir, t
     (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "pipeline.export", "--variant", "tiny", "--seconds", "1",
+    proc = subprocess.run([sys.executable, "-m", "pipeline.export.export", "--variant", "tiny", "--seconds", "1",
                            "--seq-len", "8", "--offline", "--out", str(out)],
                           env=env, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -421,7 +421,7 @@ def test_greedy_helper_imports_neither_torch_nor_transformers():
     """The calibration stage runs it in a torch-free environment."""
     import sys
 
-    code = ("import sys, pipeline.onnx_greedy; "
+    code = ("import sys, pipeline.export.onnx_greedy; "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).parent.parent)

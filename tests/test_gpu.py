@@ -11,7 +11,7 @@ import pynvml
 import pytest
 
 from pipeline.errors import ToolchainError
-from pipeline.gpu import (
+from pipeline.host.gpu import (
     SMI_ARGV,
     Gpu,
     GpuInventory,

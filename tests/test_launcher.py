@@ -1,4 +1,4 @@
-"""pipeline.launcher: the same StageCommand natively and in a real container.
+"""pipeline.host.launcher: the same StageCommand natively and in a real container.
 
 Docker tests use the dfc3 image built FROM a debootstrapped Debian with the DFC test double
 (fixture docker_test_image); they run as whatever uid runs the tests and check ownership,
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ToolchainError
-from pipeline.launcher import StageCommand, check_native_dfc, execute_stage, native_argv, run_stage
+from pipeline.host.launcher import StageCommand, check_native_dfc, execute_stage, native_argv, run_stage
 
 HANG = "import time; print('working', flush=True); time.sleep(999)"
 
@@ -31,11 +31,11 @@ def _cmd(tmp_path, argv, name="encoder-parse", image="dfc3", **kw):
 
 def test_command_paths_become_absolute_and_argv_a_tuple(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cmd = StageCommand("export", "export", ["python", "-m", "pipeline.export"], Path("b"), Path("b/x.log"),
+    cmd = StageCommand("export", "export", ["python", "-m", "pipeline.export.export"], Path("b"), Path("b/x.log"),
                        read_only_paths=[Path("models")])
     assert cmd.build_dir == tmp_path / "b" and cmd.log_path == tmp_path / "b" / "x.log"
     assert cmd.read_only_paths == (tmp_path / "models",)
-    assert cmd.argv == ("python", "-m", "pipeline.export")
+    assert cmd.argv == ("python", "-m", "pipeline.export.export")
 
 
 def test_command_refuses_unknown_image_and_gpus_for_export(tmp_path):
@@ -46,7 +46,7 @@ def test_command_refuses_unknown_image_and_gpus_for_export(tmp_path):
 
 
 def test_native_argv_uses_this_interpreter():
-    assert native_argv(["python", "-m", "pipeline.parse"]) == [sys.executable, "-m", "pipeline.parse"]
+    assert native_argv(["python", "-m", "pipeline.dfc.parse"]) == [sys.executable, "-m", "pipeline.dfc.parse"]
     assert native_argv(["python3", "-V"])[0] == sys.executable
     assert native_argv(["/bin/echo", "python"]) == ["/bin/echo", "python"]
 
@@ -132,7 +132,7 @@ def test_docker_mode_needs_an_image_tag(tmp_path):
 def _containers(name):
     import docker
 
-    from pipeline.docker_engine import stage_containers
+    from pipeline.host.docker_engine import stage_containers
 
     return stage_containers(docker.from_env(), name)
 

@@ -1,10 +1,10 @@
-"""pipeline/model_scripts.py: generated profiles, the .alls reader, calibration needs."""
+"""pipeline/dfc/model_scripts.py: generated profiles, the .alls reader, calibration needs."""
 
 import itertools
 
 import pytest
 
-from pipeline import model_scripts as ms
+from pipeline.dfc import model_scripts as ms
 from pipeline.errors import ToolchainError
 from pipeline.tables import ARCHS, VARIANTS
 

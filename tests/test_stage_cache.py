@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from pipeline.build_lock import BuildLock, LockHolder, read_holder
+from pipeline.host.build_lock import BuildLock, LockHolder, read_holder
 from pipeline.errors import ToolchainError
-from pipeline.stage_cache import (
+from pipeline.host.stage_cache import (
     STAGE_ORDER,
     UPSTREAM,
     FileHasher,

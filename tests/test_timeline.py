@@ -1,4 +1,4 @@
-"""pipeline/timeline.py: the DFC log parser, on the real seed log and on edge cases."""
+"""pipeline/dfc/timeline.py: the DFC log parser, on the real seed log and on edge cases."""
 
 import json
 import os
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import timeline
+from pipeline.dfc import timeline
 
 SEED_LOG = Path(__file__).parent / "fixtures" / "seed-dfc-conversion-log.txt"
 
@@ -123,7 +123,7 @@ def test_unknown_lines_are_ignored():
 
 
 def test_cli_prints_the_timeline_as_json():
-    done = subprocess.run([sys.executable, "-m", "pipeline.timeline", str(SEED_LOG)],
+    done = subprocess.run([sys.executable, "-m", "pipeline.dfc.timeline", str(SEED_LOG)],
                           capture_output=True, text=True, check=True)
     printed = json.loads(done.stdout)
     assert printed["summary"]["snr_db"] == {"whisper_tiny_encoder_10s_hailo_final/output_layer1": 9.179}

@@ -9,7 +9,7 @@ import pytest
 from pipeline.errors import ToolchainError
 from pipeline.files import sha256_file
 from pipeline.tables import IMAGES
-from pipeline.vendor import find_dfc_wheel, list_dfc_wheels
+from pipeline.host.vendor import find_dfc_wheel, list_dfc_wheels
 
 DFC3, DFC5 = IMAGES["dfc3"], IMAGES["dfc5"]
 WHEEL3 = "hailo_dataflow_compiler-3.31.0-py3-none-linux_x86_64.whl"
@@ -126,7 +126,7 @@ def test_unreadable_vendor_dir_is_refused(vendor, monkeypatch):
         # root reads everything, so ask the same question the code asks, with the answer a user gets
         real_access = os.access
         monkeypatch.setattr(
-            "pipeline.vendor.os.access", lambda p, mode: False if str(p) == str(vendor) else real_access(p, mode)
+            "pipeline.host.vendor.os.access", lambda p, mode: False if str(p) == str(vendor) else real_access(p, mode)
         )
         request_cleanup = False
     try:

@@ -1,12 +1,12 @@
-"""pipeline.watchdog: per-stage limits from the seed log, silence and deadline detection."""
+"""pipeline.host.watchdog: per-stage limits from the seed log, silence and deadline detection."""
 
 import threading
 import time
 
 import pytest
 
-from pipeline import watchdog
-from pipeline.watchdog import StallWatchdog, default_stall_limit
+from pipeline.host import watchdog
+from pipeline.host.watchdog import StallWatchdog, default_stall_limit
 
 
 def test_limits_per_stage_kind_cover_the_seed_log_silences():

@@ -1,13 +1,13 @@
-"""pipeline/whisper_hailo.py: the Hailo-friendly modules compute what transformers' Whisper computes."""
+"""pipeline/export/whisper_hailo.py: the Hailo-friendly modules compute what transformers' Whisper computes."""
 
 import numpy as np
 import pytest
 import torch
 from transformers import WhisperForConditionalGeneration
 
-from pipeline.export import hf_reference_model
+from pipeline.export.export import hf_reference_model
 from pipeline.tables import DECODER_VOCAB_SPLITS
-from pipeline.whisper_hailo import (
+from pipeline.export.whisper_hailo import (
     CAUSAL_MASK_VALUE,
     HailoWhisperDecoder,
     HailoWhisperEncoder,

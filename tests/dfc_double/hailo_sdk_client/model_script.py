@@ -1,4 +1,4 @@
-"""The test double's own reading of model scripts (.alls), independent of pipeline/model_scripts.py
+"""The test double's own reading of model scripts (.alls), independent of pipeline/dfc/model_scripts.py
 so a mistake there is not mirrored here.
 
 Only the commands the toolchain uses (and a few neighbours) are known; anything else is rejected,

@@ -1,7 +1,7 @@
 """Reading export.json, the export stage's completion marker and the only source of names
 (ONNX files, network names, cut points, DFC input layers) for every later stage.
 
-Kept apart from pipeline/export.py so that torch-free stages (calibration, the DFC stages) can
+Kept apart from pipeline/export/export.py so that torch-free stages (calibration, the DFC stages) can
 read it without importing torch.
 """
 
@@ -24,7 +24,7 @@ def read_export_json(export_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ToolchainError(
             f"No finished export in {export_dir}: {path} does not exist ({EXPORT_JSON} is missing).",
-            "Run the export stage first (`invoke export` / `python -m pipeline.export`), or pass the "
+            "Run the export stage first (`invoke export` / `python -m pipeline.export.export`), or pass the "
             f"export directory that contains {EXPORT_JSON}.",
         )
     try:

@@ -5,12 +5,12 @@ up to date.
     export -> encoder calib -> decoder calib -> parse -> optimize -> compile (encoder, decoder)
     -> bundle -> report
 
-Export, calibration and the DFC stages run through the stage launcher (`pipeline.launcher`): in
+Export, calibration and the DFC stages run through the stage launcher (`pipeline.host.launcher`): in
 the `export` image and the `dfc3`/`dfc5` image, or natively with `no_docker`. Host paths are
 mounted at the same absolute paths, so every argv below is the same in both modes. Bundle and
 report are host-side file work and run in this process.
 
-Each stage is keyed by `pipeline.stage_cache` (input hashes, parameters, model script, the tool
+Each stage is keyed by `pipeline.host.stage_cache` (input hashes, parameters, model script, the tool
 that runs it); a rerun skips what is up to date, and a killed run resumes at the stage that did
 not finish, because records are only written after a stage's outputs are in place.
 """
@@ -28,15 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from pipeline.build_lock import BuildLock
-from pipeline.code_closure import code_fingerprint
+from pipeline.host.build_lock import BuildLock
+from pipeline.host.code_closure import code_fingerprint
 from pipeline.errors import ToolchainError
-from pipeline.stage_cache import STAGE_ORDER, StageCache, StageInputs, StageRecord, files_under, resolve_force
+from pipeline.host.stage_cache import STAGE_ORDER, StageCache, StageInputs, StageRecord, files_under, resolve_force
 from pipeline.tables import BuildSpec, resolve_spec
 
 PROFILES = ("full", "quick")
 MODELS = ("encoder", "decoder")
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # Audio the calib stage reads (calib.audio.AUDIO_EXTENSIONS is the full list; these cover the
 # cache key without importing calib, whose dependencies belong to the export image).
 _AUDIO_SUFFIXES_FALLBACK = (".wav", ".flac", ".ogg", ".mp3", ".opus")
@@ -60,7 +60,7 @@ class BuildOptions:
     allow_gpu: bool = False
     no_docker: bool = False
     out: Optional[Path] = None  # None: build/<variant>-<arch>
-    force: tuple[str, ...] = ()  # stage names or groups (pipeline.stage_cache.FORCE_GROUPS)
+    force: tuple[str, ...] = ()  # stage names or groups (pipeline.host.stage_cache.FORCE_GROUPS)
     vendor_dir: Path = Path("vendor")
     base_image: Optional[str] = None  # passed to the image builds
     wheelhouse: Optional[Path] = None  # passed to the image builds (offline installs)
@@ -224,7 +224,7 @@ def resolve_tools(options: BuildOptions, spec: BuildSpec, wheel_version: Optiona
             "export": Tool("export", None, {"mode": "native", **python}),
             "dfc": Tool(dfc_image, None, {"mode": "native", **python, **dfc}),
         }
-    from pipeline.docker_engine import ensure_image  # host side only: native mode needs no docker-py
+    from pipeline.host.docker_engine import ensure_image  # host side only: native mode needs no docker-py
 
     tools = {}
     for role, target in (("export", "export"), ("dfc", dfc_image)):
@@ -251,8 +251,8 @@ class Preflight:
 
 def preflight(options: BuildOptions, spec: BuildSpec, layout: Layout, doctor_probes=None) -> Preflight:
     """The doctor's checks plus the build's own inputs; raises once with every blocker."""
-    from pipeline.doctor import WARN, Probes, run_doctor
-    from pipeline.vendor import find_dfc_wheel
+    from pipeline.host.doctor import WARN, Probes, run_doctor
+    from pipeline.host.vendor import find_dfc_wheel
 
     report = run_doctor(
         spec.arch.name,
@@ -348,7 +348,7 @@ def _model_script_path(options: BuildOptions, model: str) -> Optional[Path]:
 
 
 def _resolved_script(options: BuildOptions, spec: BuildSpec, model: str):
-    from pipeline.model_scripts import resolve_model_script
+    from pipeline.dfc.model_scripts import resolve_model_script
 
     return resolve_model_script(spec.variant.name, spec.arch.name, model, options.profile,
                                 model_script=_model_script_path(options, model))
@@ -417,7 +417,7 @@ class _Builder:
         return record
 
     def launch(self, name: str, tool: Tool, argv: Sequence[str], read_only: Sequence[Path] = ()) -> None:
-        from pipeline.launcher import StageCommand, run_stage
+        from pipeline.host.launcher import StageCommand, run_stage
 
         model, _, kind = name.rpartition("-")
         log_name = f"{model or name}-{kind}.log" if model else f"{name}.log"
@@ -434,7 +434,7 @@ class _Builder:
             stall_timeout_s=stall,
         )
         if not self.options.no_docker and self._docker_client is None:
-            from pipeline.docker_engine import connect
+            from pipeline.host.docker_engine import connect
 
             self._docker_client = connect()
         if cmd.gpu_device_ids and not self._gpu_probed:
@@ -455,7 +455,7 @@ class _Builder:
     def probe_gpu(self, tool: Tool) -> None:
         """Once per build, before the first DFC stage on a GPU: a card that would hang the
         optimizer is reported within the probe's timeout instead of hours later."""
-        from pipeline.hang_probe import HangProbe, run_hang_probe
+        from pipeline.host.hang_probe import HangProbe, run_hang_probe
 
         devices = self.pre.gpu.get("devices") or [{}]
         advice = next((v.get("advice", "") for v in self.pre.gpu.get("verdicts", [])
@@ -488,13 +488,13 @@ class _Builder:
             model = str(model_path.absolute())
             files = {f"model/{p.relative_to(model_path)}": p for p in files_under(model_path)}
             read_only = [model_path.absolute()]
-        argv = ["python", "-m", "pipeline.export", "--variant", spec.variant.name, "--model", model,
+        argv = ["python", "-m", "pipeline.export.export", "--variant", spec.variant.name, "--model", model,
                 "--seconds", f"{spec.seconds:g}", "--seq-len", str(spec.seq_len), "--out", str(lay.export_dir)]
         inputs = StageInputs(
             files=files,
             params={"variant": spec.variant.name, "model": model if not files else "local folder",
                     "seconds": spec.seconds, "seq_len": spec.seq_len},
-            tool=self.tool_identity(tool, "pipeline.export"),
+            tool=self.tool_identity(tool, "pipeline.export.export"),
         )
         self.stage("export", inputs, lambda: self.launch("export", tool, argv, read_only),
                    lambda: self._export_outputs(), context={"tool": tool.to_json()})
@@ -572,12 +572,12 @@ class _Builder:
         lay, tool, arch = self.layout, self.tools["dfc"], self.spec.arch.name
         out = lay.dfc_dir(model)
         net = export[model]["net_name"]
-        argv = ["python", "-m", "pipeline.parse", "--export-dir", str(lay.export_dir), "--model", model,
+        argv = ["python", "-m", "pipeline.dfc.parse", "--export-dir", str(lay.export_dir), "--model", model,
                 "--arch", arch, "--out-dir", str(out)]
         inputs = StageInputs(
             files={"export.json": lay.export_json, "onnx": lay.export_dir / export[model]["onnx"]},
             params={"model": model, "arch": arch},
-            tool=self.tool_identity(tool, "pipeline.parse"),
+            tool=self.tool_identity(tool, "pipeline.dfc.parse"),
         )
         self.stage(f"{model}-parse", inputs, lambda: self.launch(f"{model}-parse", tool, argv),
                    lambda: [out / f"{net}.har", out / "parse.json"], context=self._dfc_context())
@@ -588,7 +588,7 @@ class _Builder:
         net = export[model]["net_name"]
         calib = lay.encoder_calib if model == "encoder" else lay.decoder_calib
         script = _resolved_script(self.options, self.spec, model)
-        argv = ["python", "-m", "pipeline.optimize", "--har", str(out / f"{net}.har"), "--model", model,
+        argv = ["python", "-m", "pipeline.dfc.optimize", "--har", str(out / f"{net}.har"), "--model", model,
                 "--export-dir", str(lay.export_dir), "--calib", str(calib), "--arch", arch]
         script_path = _model_script_path(self.options, model)
         argv += ["--model-script", str(script_path)] if script_path else ["--profile", self.options.profile]
@@ -597,7 +597,7 @@ class _Builder:
             files={"har": out / f"{net}.har", "calib": calib, "export.json": lay.export_json},
             params={"model": model, "arch": arch, "script_source": script.source},
             texts={"model_script": script.text},
-            tool=self.tool_identity(tool, "pipeline.optimize"),
+            tool=self.tool_identity(tool, "pipeline.dfc.optimize"),
         )
         read_only = [script_path] if script_path else []
         self.stage(f"{model}-optimize", inputs, lambda: self.launch(f"{model}-optimize", tool, argv, read_only),
@@ -608,12 +608,12 @@ class _Builder:
         lay, tool, arch = self.layout, self.tools["dfc"], self.spec.arch.name
         out = lay.dfc_dir(model)
         net = export[model]["net_name"]
-        argv = ["python", "-m", "pipeline.compile", "--har", str(out / f"{net}_optimized.har"), "--arch", arch,
+        argv = ["python", "-m", "pipeline.dfc.compile", "--har", str(out / f"{net}_optimized.har"), "--arch", arch,
                 "--out-dir", str(out)]
         inputs = StageInputs(
             files={"optimized_har": out / f"{net}_optimized.har"},
             params={"arch": arch},
-            tool=self.tool_identity(tool, "pipeline.compile"),
+            tool=self.tool_identity(tool, "pipeline.dfc.compile"),
         )
         self.stage(f"{model}-compile", inputs, lambda: self.launch(f"{model}-compile", tool, argv),
                    lambda: [out / f"{net}.hef", out / f"{net}_compiled.har", out / "compile.json"],
@@ -636,7 +636,7 @@ class _Builder:
         return {m: self.layout.dfc_dir(m) / f"{export[m]['net_name']}.hef" for m in MODELS}
 
     def bundle(self, export: dict, rehearsal: bool) -> None:
-        from pipeline.bundle import BUNDLE_FORMAT, make_bundle, bundle_files
+        from pipeline.host.bundle import BUNDLE_FORMAT, make_bundle, bundle_files
 
         lay = self.layout
         results = self.dfc_results(export)
@@ -647,7 +647,7 @@ class _Builder:
             params={"format": BUNDLE_FORMAT, "variant": self.spec.variant.name, "arch": self.spec.arch.name,
                     "seconds": self.spec.seconds, "seq_len": self.spec.seq_len, "dfc_version": dfc_version,
                     "rehearsal": rehearsal},
-            tool={"code": code_fingerprint(["pipeline.bundle"])},
+            tool={"code": code_fingerprint(["pipeline.host.bundle"])},
         )
         self.stage(
             "bundle", inputs,
@@ -657,12 +657,12 @@ class _Builder:
         )
 
     def report(self, export: dict, rehearsal: bool, build_warnings: Sequence[str]) -> None:
-        from pipeline.manifest import make_manifest, write_report
+        from pipeline.host.manifest import make_manifest, write_report
 
         lay = self.layout
         inputs = StageInputs(
             params={"rehearsal": rehearsal, "gpu": dict(self.pre.gpu), "warnings": list(build_warnings)},
-            tool={"code": code_fingerprint(["pipeline.manifest"])},
+            tool={"code": code_fingerprint(["pipeline.host.manifest"])},
         )
 
         def run() -> None:
@@ -726,7 +726,7 @@ def run_build(options: BuildOptions, *, console=None, doctor_probes=None) -> Bui
             builder.compile(model, export)
         results = builder.dfc_results(export)
         rehearsal = is_rehearsal(results, pre.wheel_is_test_double, tools["dfc"].identity.get("dfc_version"))
-        from pipeline.manifest import quality_warnings
+        from pipeline.host.manifest import quality_warnings
 
         build_warnings = list(pre.warnings) + quality_warnings(export, results)
         builder.bundle(export, rehearsal)
@@ -741,7 +741,7 @@ def run_build(options: BuildOptions, *, console=None, doctor_probes=None) -> Bui
             warnings=tuple(build_warnings),
             duration_s=time.monotonic() - started,
         )
-    from pipeline.manifest import print_summary
+    from pipeline.host.manifest import print_summary
 
     print_summary(result, json.loads(layout.manifest.read_text()), ui.rich)
     return result

@@ -1,10 +1,10 @@
 """Export stage: Whisper weights -> Hailo-compatible encoder and decoder ONNX, with parity checks.
 
-    python -m pipeline.export --variant tiny --seconds 10 [--seq-len 32] [--model ID|DIR] --out DIR
+    python -m pipeline.export.export --variant tiny --seconds 10 [--seq-len 32] [--model ID|DIR] --out DIR
 
 1. Load a transformers `WhisperForConditionalGeneration` from a Hugging Face id (hub cache,
    HF_HOME respected), a local transformers directory or a CTranslate2 (faster-whisper) folder.
-2. Build our Hailo-friendly modules (pipeline/whisper_hailo.py) from its weights.
+2. Build our Hailo-friendly modules (pipeline/export/whisper_hailo.py) from its weights.
 3. Export both at fixed shapes (opset OPSET), simplify with onnxslim, run onnx.checker.
 4. Prove they compute what Whisper computes (the stage fails when a tolerance is missed):
    torch vs ONNX Runtime, our encoder/decoder vs transformers', greedy ONNX decoding vs
@@ -34,9 +34,9 @@ from typing import Callable, Mapping, Optional
 
 import numpy as np
 
-from pipeline import ct2
+from pipeline.export import ct2
 from pipeline.errors import ToolchainError, run_cli
-from pipeline.export_meta import EXPORT_FORMAT, EXPORT_JSON
+from pipeline.export.meta import EXPORT_FORMAT, EXPORT_JSON
 from pipeline.files import sha256_file, write_json_atomic
 from pipeline.tables import ARCHS, DECODER_VOCAB_SPLITS, VARIANTS, BuildSpec, resolve_spec
 
@@ -197,7 +197,7 @@ def check_matches_variant(model, spec: BuildSpec, source: str) -> None:
 
 def build_hailo_modules(model, spec: BuildSpec):
     """(HailoWhisperEncoder, HailoWhisperDecoder) for the spec's frames and seq_len."""
-    from pipeline.whisper_hailo import HailoWhisperDecoder, HailoWhisperEncoder
+    from pipeline.export.whisper_hailo import HailoWhisperDecoder, HailoWhisperEncoder
 
     return (HailoWhisperEncoder.from_hf(model, spec.frames),
             HailoWhisperDecoder.from_hf(model, spec.seq_len, DECODER_VOCAB_SPLITS))
@@ -250,7 +250,7 @@ def _producers(graph, names: list[str]) -> list[str]:
     by_output = {out: node.name for node in graph.node for out in node.output}
     missing = [n for n in names if n not in by_output]
     if missing:
-        raise ToolchainError(f"Exported graph has no node producing {missing}.", "This is a bug in pipeline.export.")
+        raise ToolchainError(f"Exported graph has no node producing {missing}.", "This is a bug in pipeline.export.export.")
     return [by_output[n] for n in names]
 
 
@@ -346,7 +346,7 @@ def check_parity(figures: Mapping[str, float], tolerances: ParityTolerances) -> 
         raise ToolchainError(
             f"Export parity check failed for {', '.join(failed)}: {table}.",
             "The Hailo rewrite does not compute what Whisper computes; nothing was written. "
-            "Check pipeline/whisper_hailo.py (or the checkpoint) before compiling.",
+            "Check pipeline/export/whisper_hailo.py (or the checkpoint) before compiling.",
         )
 
 
@@ -402,7 +402,7 @@ def measure_onnx_parity(reference, work: Path, meta: dict, inputs: ParityInputs,
     """
     import torch
 
-    from pipeline import onnx_greedy
+    from pipeline.export import onnx_greedy
 
     encoder_session, decoder_session = onnx_greedy.load_sessions(work, meta)
     decoder_inputs = [i["name"] for i in meta["decoder"]["inputs"]]
@@ -514,7 +514,7 @@ def export_whisper(config: ExportConfig, *, parity_mel: Optional[np.ndarray] = N
 
     work = Path(tempfile.mkdtemp(prefix=".export-partial-", dir=out_dir))
     try:
-        from pipeline.whisper_hailo import host_embedding
+        from pipeline.export.whisper_hailo import host_embedding
 
         log("building the Hailo encoder/decoder modules")
         encoder, decoder = build_modules(loaded.model, spec)
@@ -614,7 +614,7 @@ def make_config(variant: str, seconds: Optional[float], seq_len: Optional[int], 
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.export.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", default="tiny", help=f"one of {', '.join(VARIANTS)} (default tiny)")
     parser.add_argument("--seconds", type=float, default=None, help="encoder input length (default: per variant)")
     parser.add_argument("--seq-len", type=int, default=None, help="decoder sequence length (default: per variant)")

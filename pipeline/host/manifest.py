@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from pipeline.files import sha256_file, write_json_atomic, write_text_atomic
-from pipeline.stage_cache import STAGE_ORDER, StageRecord
+from pipeline.host.stage_cache import STAGE_ORDER, StageRecord
 from pipeline.tables import BuildSpec
 
 MANIFEST_FORMAT = 1
@@ -110,7 +110,7 @@ def make_manifest(
     repo_root: Path,
 ) -> dict:
     """The manifest as a dict (see the module docstring for where each part comes from)."""
-    from pipeline.build import dfc_version_of
+    from pipeline.host.build import dfc_version_of
 
     build_dir = Path(build_dir)
     dfc_version = dfc_version_of(dfc_results, tools.get("dfc", {}).get("dfc_version"))

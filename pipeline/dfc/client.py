@@ -33,9 +33,9 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 
 from pipeline.errors import ToolchainError, run_cli
-from pipeline.export_meta import EXPORT_FORMAT, EXPORT_JSON, read_export_json
+from pipeline.export.meta import EXPORT_FORMAT, EXPORT_JSON, read_export_json
 from pipeline.files import atomic_path, sha256_file, write_bytes_atomic, write_text_atomic
-from pipeline.model_scripts import ResolvedScript
+from pipeline.dfc.model_scripts import ResolvedScript
 from pipeline.tables import get_arch
 
 DFC_DISTRIBUTION = "hailo_dataflow_compiler"  # the wheel's distribution name
@@ -387,7 +387,7 @@ def har_path(out_dir: Path, net_name: str, stage: str) -> Path:
 
 
 def parse(network: NetworkExport, arch: str, out_dir: Path) -> dict:
-    """ONNX -> <out_dir>/<net>.har. Returns the result fields (see pipeline/parse.py)."""
+    """ONNX -> <out_dir>/<net>.har. Returns the result fields (see pipeline/dfc/parse.py)."""
     version = check_dfc_version(arch)
     onnx_sha256 = check_onnx_file(network)
     runner = _runner(arch)
@@ -430,7 +430,7 @@ def optimize(har: Path, network: NetworkExport, arch: str, calib_path: Path,
     version = check_dfc_version(arch)
     har = Path(har)
     if not har.is_file():
-        raise ToolchainError(f"HAR {har} does not exist.", "Run parse first (python -m pipeline.parse).")
+        raise ToolchainError(f"HAR {har} does not exist.", "Run parse first (python -m pipeline.dfc.parse).")
     needs = script.needs
     why = f"calibset_size={needs.calibset_size}"
     if needs.finetune_dataset_size:
@@ -485,7 +485,7 @@ def compile_har(har: Path, arch: str, out_dir: Path) -> dict:
     har = Path(har)
     if not har.is_file():
         raise ToolchainError(f"HAR {har} does not exist.",
-                             "Run optimize first (python -m pipeline.optimize).")
+                             "Run optimize first (python -m pipeline.dfc.optimize).")
     runner = _runner(arch, har)
     if _state_name(runner.state) not in _COMPILE_FROM:
         raise ToolchainError(
@@ -527,13 +527,13 @@ def run_stage(stage: str, out_dir: Path, work, log: Optional[Path] = None) -> di
     """Run `work()` (one of parse/optimize/compile_har above), then write <out_dir>/<stage>.json.
 
     The DFC's console output is teed into <out_dir>/<stage>-dfc.log while it runs and parsed into
-    the result's "timeline" and "summary" (pipeline/timeline.py). With `log`, that file (e.g. the
+    the result's "timeline" and "summary" (pipeline/dfc/timeline.py). With `log`, that file (e.g. the
     launcher's logs/<model>-<stage>.log) is parsed instead and nothing is captured. A stale result
     JSON is removed first; a failed step writes none, so its presence means success.
     """
     from datetime import datetime, timezone
 
-    from pipeline import timeline
+    from pipeline.dfc import timeline
     from pipeline.files import write_json_atomic
 
     out_dir = Path(out_dir)

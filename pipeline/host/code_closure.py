@@ -2,8 +2,8 @@
 
 Two places need it: the image build (only the modules stage containers run go into the image, so
 editing a host-only module such as pipeline/report code does not rebuild images and rerun hours
-of DFC stages) and the native-mode stage keys (an edit of pipeline/export.py reruns the export,
-an edit of pipeline/build.py reruns nothing). Files are found under a source root by name and read
+of DFC stages) and the native-mode stage keys (an edit of pipeline/export/export.py reruns the export,
+an edit of pipeline/host/build.py reruns nothing). Files are found under a source root by name and read
 with `ast`; nothing is imported (whisper_hailo would import torch).
 """
 
@@ -14,17 +14,17 @@ import hashlib
 from pathlib import Path
 from typing import Optional, Sequence
 
-SOURCE_ROOT = Path(__file__).resolve().parent.parent  # the checkout holding pipeline/ and calib/
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding pipeline/ and calib/
 PACKAGES = ("pipeline", "calib")
 
 # What stage containers run (`python -m <module>`): export and calibration in the export image,
 # parse/optimize/compile in the DFC images. Both images carry the closure of all of them.
 STAGE_ENTRY_MODULES = (
-    "pipeline.export",
+    "pipeline.export.export",
     "calib.__main__",
-    "pipeline.parse",
-    "pipeline.optimize",
-    "pipeline.compile",
+    "pipeline.dfc.parse",
+    "pipeline.dfc.optimize",
+    "pipeline.dfc.compile",
 )
 
 

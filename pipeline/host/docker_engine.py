@@ -27,14 +27,14 @@ import docker
 import docker.errors
 from docker.types import DeviceRequest, Mount
 
-from pipeline.code_closure import STAGE_ENTRY_MODULES, module_closure
+from pipeline.host.code_closure import STAGE_ENTRY_MODULES, module_closure
 from pipeline.errors import ToolchainError
-from pipeline.stage_log import StageLog
+from pipeline.host.stage_log import StageLog
 from pipeline.tables import IMAGES, UNKNOWN
-from pipeline.vendor import DEFAULT_VENDOR_DIR, DfcWheel, find_dfc_wheel
-from pipeline.watchdog import StallWatchdog
+from pipeline.host.vendor import DEFAULT_VENDOR_DIR, DfcWheel, find_dfc_wheel
+from pipeline.host.watchdog import StallWatchdog
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TARGETS = ("export", "dfc3", "dfc5")
 IMAGE_REPOSITORY = "whisper-hailo"  # tags: whisper-hailo:<target>-<16 hex of the inputs hash>
 
@@ -225,7 +225,7 @@ def ensure_image(
 
     base_image: override the pinned base (e.g. a locally imported one); wheelhouse: a folder of
     wheels for an offline build; vendor_dir: where the user's DFC wheel is (checked with
-    pipeline.vendor before anything is sent to Docker); dfc_wheel_sha256: expected hash, checked
+    pipeline.host.vendor before anything is sent to Docker); dfc_wheel_sha256: expected hash, checked
     on the host and again inside the build. The build log goes to <log_dir>/image-<target>.log
     (default: <repo_root>/build/images).
     """
@@ -381,7 +381,7 @@ def run_stage_container(
     removed in every case (exit, error, watchdog stop, KeyboardInterrupt).
     user: "uid:gid" to run as; default the caller's own ids, so outputs are not root-owned.
     """
-    from pipeline.launcher import stage_environment  # launcher imports us lazily; no cycle at import
+    from pipeline.host.launcher import stage_environment  # launcher imports us lazily; no cycle at import
 
     client = client or connect()
     is_dfc = cmd.image != "export"
@@ -421,7 +421,7 @@ def run_stage_container(
     except docker.errors.ImageNotFound:
         raise ToolchainError(
             f"Image {image_tag} is not on this machine.",
-            f"Build it: `invoke image --target {cmd.image}` (pipeline.docker_engine.ensure_image).",
+            f"Build it: `invoke image --target {cmd.image}` (pipeline.host.docker_engine.ensure_image).",
         ) from None
     except docker.errors.APIError as err:
         raise _run_error(err, cmd) from None

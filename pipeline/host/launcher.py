@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence, TextIO
 
 from pipeline.errors import ToolchainError
-from pipeline.stage_log import StageLog
-from pipeline.watchdog import StallWatchdog, default_stall_limit
+from pipeline.host.stage_log import StageLog
+from pipeline.host.watchdog import StallWatchdog, default_stall_limit
 
 STAGE_IMAGES = ("export", "dfc3", "dfc5")
 _PYTHON_NAMES = ("python", "python3")
@@ -34,13 +34,13 @@ class StageCommand:
 
     name: str  # e.g. "encoder-optimize"; names the container, labels it, picks the stall limit
     image: str  # "export" | "dfc3" | "dfc5"
-    argv: tuple[str, ...]  # ("python", "-m", "pipeline.optimize", ...)
+    argv: tuple[str, ...]  # ("python", "-m", "pipeline.dfc.optimize", ...)
     build_dir: Path  # mounted read-write
     log_path: Path  # written by the host side: the container only prints
     read_only_paths: tuple[Path, ...] = ()  # model cache, inputs: mounted read-only
     gpu_device_ids: tuple[str, ...] = ()  # GPU UUIDs the gate chose; empty = no GPU
     env: Mapping[str, str] = field(default_factory=dict)  # e.g. HF_TOKEN, given at run time only
-    stall_timeout_s: Optional[float] = None  # None: the stage kind's default (pipeline.watchdog)
+    stall_timeout_s: Optional[float] = None  # None: the stage kind's default (pipeline.host.watchdog)
 
     def __post_init__(self):
         if self.image not in STAGE_IMAGES:
@@ -84,7 +84,7 @@ def run_stage(
     """Run `cmd` to completion; raise ToolchainError (last log lines + log path) unless it exits 0.
 
     native: run with this interpreter as a subprocess; else in a container from `image_tag`
-    (made by `pipeline.docker_engine.ensure_image`). `docker_client`: a docker.DockerClient to reuse.
+    (made by `pipeline.host.docker_engine.ensure_image`). `docker_client`: a docker.DockerClient to reuse.
     """
     result, stopped, tail = execute_stage(
         cmd, native=native, image_tag=image_tag, console=console, docker_client=docker_client
@@ -128,9 +128,9 @@ def execute_stage(
             if not image_tag:
                 raise ToolchainError(
                     f"Stage {cmd.name} needs an image tag in Docker mode.",
-                    "Call pipeline.docker_engine.ensure_image() first, or run with --no-docker.",
+                    "Call pipeline.host.docker_engine.ensure_image() first, or run with --no-docker.",
                 )
-            from pipeline import docker_engine  # host side only: native mode needs no docker-py
+            from pipeline.host import docker_engine  # host side only: native mode needs no docker-py
 
             exit_code, stopped = docker_engine.run_stage_container(
                 cmd, image_tag, log, client=docker_client, deadline_s=deadline_s, user=user

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from pipeline.errors import ToolchainError
-from pipeline.gpu import GpuChoice, GpuInventory, choose_devices, read_gpus
+from pipeline.host.gpu import GpuChoice, GpuInventory, choose_devices, read_gpus
 from pipeline.tables import get_arch
-from pipeline.vendor import DEFAULT_VENDOR_DIR, find_dfc_wheel, list_dfc_wheels
+from pipeline.host.vendor import DEFAULT_VENDOR_DIR, find_dfc_wheel, list_dfc_wheels
 
 GIB = 1 << 30
 # Free disk under the build directory. The dfc image (CUDA/cuDNN runtime + TensorFlow + DFC) is

@@ -6,7 +6,7 @@ the argmax of the logits at the last filled position (the causal mask makes the 
 irrelevant). Used by the export parity check and by the calibration stage (which runs without
 torch), so nothing here imports torch or transformers.
 
-`export_meta` is the parsed export.json of pipeline.export: it gives the input/output names, the
+`export_meta` is the parsed export.json of pipeline.export.export: it gives the input/output names, the
 prompt tokens, the end-of-text token and the suppressed tokens.
 """
 

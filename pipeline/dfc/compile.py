@@ -1,0 +1,78 @@
+"""Compile stage: an optimized HAR -> the HEF the Hailo device runs (DFC container).
+
+    python -m pipeline.dfc.compile --har FILE --arch ARCH --out-dir DIR [--log FILE]
+    -> <out-dir>/<net>.hef (written atomically), <out-dir>/<net>_compiled.har, <out-dir>/compile.json
+
+A .hef left from an earlier run is removed before compiling, so after a failed or interrupted
+compile there is no .hef at all. compile.json: {"stage": "compile", "ok": true, "dfc_version",
+"arch", "net_name", "har_in", "har_in_sha256", "hef", "hef_sha256", "hef_bytes", "compiled_har",
+"compiled_har_sha256", "contexts", "duration_s", "timeline", "summary", "log"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from pipeline.dfc import client as dfc
+from pipeline.tables import ARCHS
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    har: Path  # the optimized HAR (<net>_optimized.har)
+    arch: str
+    out_dir: Path
+    log: Optional[Path] = None
+
+
+def run_compile(config: CompileConfig) -> dict:
+    return dfc.run_stage("compile", config.out_dir,
+                         lambda: dfc.compile_har(config.har, config.arch, config.out_dir), config.log)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.dfc.compile",
+        description="Compile an optimized HAR into a HEF with the Dataflow Compiler. The HEF is "
+        "written atomically (a failed compile leaves no .hef); the compiled HAR and compile.json "
+        "(timeline, context count, HEF sha256) are written beside it.",
+    )
+    parser.add_argument("--har", type=Path, required=True,
+                        help="the optimized HAR written by pipeline.dfc.optimize (<net>_optimized.har)")
+    parser.add_argument("--arch", required=True, choices=list(ARCHS))
+    parser.add_argument("--out-dir", type=Path, required=True)
+    parser.add_argument("--log", type=Path, default=None,
+                        help="read the timeline from this DFC log instead of capturing the console "
+                        "into <out-dir>/compile-dfc.log")
+    return parser
+
+
+def main(argv=None) -> int:
+    return dfc.cli_main(build_parser(), lambda a: run_compile(CompileConfig(a.har, a.arch, a.out_dir, a.log)), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def compile_build(build_dir: Path, arch: str, models=("encoder", "decoder")) -> dict:
+    """`invoke compile`: compile <build>/dfc/<model>/<net>_optimized.har for each model."""
+    build_dir = Path(build_dir)
+    results = {}
+    for model in models:
+        network = dfc.load_network_export(build_dir / "export", model)
+        out = build_dir / "dfc" / model
+        har = dfc.har_path(out, network.net_name, "optimize")
+        if not (har.is_file() and (out / "optimize.json").is_file()):
+            from pipeline.errors import ToolchainError
+
+            # optimize.json is written last: without it the HAR is from an earlier or failed run
+            raise ToolchainError(f"{har} or {out / 'optimize.json'} is missing: the {model} is not "
+                                 "optimized (or its last optimize failed).",
+                                 f"Run `invoke optimize --model {model}` first.")
+        results[model] = run_compile(CompileConfig(har, arch, out))
+    return results
