@@ -138,7 +138,7 @@ def dfc_double(monkeypatch):
     import os
     import sys
 
-    for name in ("HAILO_DOUBLE_VERSION", "HAILO_DOUBLE_FAIL_AT", "HAILO_DOUBLE_HANG_AT"):
+    for name in ("HAILO_DOUBLE_VERSION", "HAILO_DOUBLE_FAIL_AT", "HAILO_DOUBLE_HANG_AT", "HAILO_DOUBLE_DELAY_S"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.syspath_prepend(str(DFC_DOUBLE_DIR))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(

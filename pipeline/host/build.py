@@ -476,6 +476,34 @@ class _Builder:
             identity["code"] = code_fingerprint(entry_modules)
         return identity
 
+    def run_stage(self, stage: str) -> StageOutcome:
+        """Run (or find up to date) one stage by name; its upstream stages must be done."""
+        if stage == "export":
+            self.export()
+        elif stage in ("encoder-calib", "decoder-calib"):
+            self.encoder_calib() if stage == "encoder-calib" else self.decoder_calib()
+        elif stage in ("bundle", "report"):
+            export = self.read_export()
+            if stage == "bundle":
+                self.bundle(export, self.rehearsal(export))
+            else:
+                self.report(export, self.rehearsal(export), self.build_warnings(export))
+        else:
+            model, _, step = stage.partition("-")
+            if model not in MODELS or step not in ("parse", "optimize", "compile"):
+                raise ValueError(f"unknown stage {stage!r}")
+            getattr(self, step)(model, self.read_export())
+        return self.outcomes[-1]
+
+    def rehearsal(self, export: dict) -> bool:
+        return is_rehearsal(self.dfc_results(export), self.pre.wheel_is_test_double,
+                            self.tools["dfc"].identity.get("dfc_version"))
+
+    def build_warnings(self, export: dict) -> list[str]:
+        from pipeline.host.manifest import quality_warnings
+
+        return list(self.pre.warnings) + quality_warnings(export, self.dfc_results(export))
+
     # the stages ---------------------------------------------------------------------------------
 
     def export(self) -> dict:
@@ -695,6 +723,20 @@ def is_rehearsal(results: Mapping[str, Mapping[str, Mapping]], wheel_is_test_dou
     return wheel_is_test_double or any(v and "testdouble" in v for v in reported)
 
 
+def run_cell_stage(options: BuildOptions, stage: str, pre: Preflight, *, console=None,
+                   probe_gpu: bool = True) -> StageOutcome:
+    """Run (or find up to date) ONE stage of the build `options` describes: the same tools, cache
+    keys and outputs as `run_build`, for a scheduler that places the stages itself
+    (`pipeline.host.matrix`). The caller holds the build's lock, has checked the inputs, and says in
+    `pre` which GPUs this stage may use. probe_gpu: run the GPU hang probe before a stage on a GPU."""
+    spec, layout = options.spec, Layout(options.build_dir)
+    ui = _Console(console, options.stream_logs)
+    tools = resolve_tools(options, spec, pre.wheel_version, layout.logs, ui.stream)
+    builder = _Builder(options, spec, layout, pre, tools, StageCache(layout.root), ui)
+    builder._gpu_probed = not probe_gpu
+    return builder.run_stage(stage)
+
+
 def run_build(options: BuildOptions, *, console=None, doctor_probes=None) -> BuildResult:
     """Run (or resume) the build described by `options`; see the module docstring."""
     started = time.monotonic()
@@ -715,22 +757,10 @@ def run_build(options: BuildOptions, *, console=None, doctor_probes=None) -> Bui
         tools = resolve_tools(options, spec, pre.wheel_version, layout.logs, ui.stream)
         builder = _Builder(options, spec, layout, pre, tools, cache, ui)
 
-        export = builder.export()
-        builder.encoder_calib()
-        builder.decoder_calib()
-        for model in MODELS:
-            builder.parse(model, export)
-        for model in MODELS:
-            builder.optimize(model, export)
-        for model in MODELS:
-            builder.compile(model, export)
-        results = builder.dfc_results(export)
-        rehearsal = is_rehearsal(results, pre.wheel_is_test_double, tools["dfc"].identity.get("dfc_version"))
-        from pipeline.host.manifest import quality_warnings
-
-        build_warnings = list(pre.warnings) + quality_warnings(export, results)
-        builder.bundle(export, rehearsal)
-        builder.report(export, rehearsal, build_warnings)
+        for stage in STAGE_ORDER:
+            builder.run_stage(stage)
+        build_warnings = builder.build_warnings(builder.read_export())
+        rehearsal = builder.rehearsal(builder.read_export())
         result = BuildResult(
             build_dir=layout.root,
             stages=tuple(builder.outcomes),

@@ -6,6 +6,8 @@ before optimize). Everything it writes says "NOT DEPLOYABLE". Environment:
   HAILO_DOUBLE_VERSION   version reported when not installed from a wheel (default 3.31.0+testdouble)
   HAILO_DOUBLE_FAIL_AT   parse|optimize|compile|save_har: raise at that step
   HAILO_DOUBLE_HANG_AT   parse|optimize|compile: stop making progress at that step (for stall tests)
+  HAILO_DOUBLE_DELAY_S   seconds a step takes (with progress lines): "optimize=2,compile=0.5", or one
+                         number for parse, optimize and compile (for scheduling tests and benchmarks)
 """
 
 import os as _os

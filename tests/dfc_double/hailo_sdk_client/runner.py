@@ -66,8 +66,26 @@ def _progress(label, total, started, unit="entries"):
     sys.stderr.flush()
 
 
+def _delays(text):
+    """'optimize=2,compile=0.5' -> {"optimize": 2.0, "compile": 0.5}; a bare number applies to every step."""
+    text = (text or "").strip()
+    if not text:
+        return {}
+    if "=" not in text:
+        return {step: float(text) for step in ("parse", "optimize", "compile")}
+    pairs = (item.split("=", 1) for item in text.split(",") if item.strip())
+    return {step.strip(): float(seconds) for step, seconds in pairs}
+
+
 def _chaos(step):
-    """HAILO_DOUBLE_FAIL_AT / HAILO_DOUBLE_HANG_AT: fail or stall at a chosen step."""
+    """HAILO_DOUBLE_DELAY_S / HAILO_DOUBLE_FAIL_AT / HAILO_DOUBLE_HANG_AT: take time, fail or stall at a step."""
+    delay = _delays(os.environ.get("HAILO_DOUBLE_DELAY_S")).get(step, 0.0)
+    if delay > 0:
+        _info(f"(test double) taking {delay:g} s at {step} (HAILO_DOUBLE_DELAY_S)")
+        until = time.monotonic() + delay
+        while time.monotonic() < until:  # progress lines keep the stall watchdog quiet
+            time.sleep(min(0.5, max(until - time.monotonic(), 0)))
+            _info(f"(test double) {step}: {max(until - time.monotonic(), 0):.1f} s left")
     if os.environ.get("HAILO_DOUBLE_FAIL_AT") == step:
         raise DoubleError(f"simulated DFC failure at {step} (HAILO_DOUBLE_FAIL_AT={step})")
     if os.environ.get("HAILO_DOUBLE_HANG_AT") == step:
