@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from pipeline.errors import ToolchainError
+from pipeline.files import write_json_atomic
 from pipeline.host.build import BuildOptions, Preflight, run_cell_stage
 from pipeline.host.build_lock import BuildLock
 from pipeline.host.matrix_plan import (ACCELERATOR_LABEL, ACCELERATOR_RESOURCE_PREFIX, MODELS, Cell, GpuPlacement,
@@ -39,6 +40,7 @@ from pipeline.host.matrix_summary import MatrixSummary, StageRun, summarize, wri
 
 CONNECT_TIMEOUT_S = 10.0  # a head that does not answer a TCP connect in this time is unreachable
 STORE_CHECK_TIMEOUT_S = 120.0  # every node answers the store check (worker start-up included)
+WHERE_DIR = ".matrix"  # <cell>/.matrix/<stage>.json: the node running (or that ran) each stage
 
 
 @dataclass(frozen=True)
@@ -122,19 +124,19 @@ def connect(address: Optional[str]) -> bool:
     the caller was already connected."""
     import ray
 
+    fix = ("Start the cluster (`ray up docker/ray-cluster.yaml`, or `ray start --head` on one host) and pass the "
+           "head's address (HOST:6379, or ray://HOST:10001 from outside the cluster), or omit --address.")
+    endpoint = _head_endpoint(address) if address else None
+    if endpoint is not None:  # Ray itself would retry for a minute before saying so
+        try:
+            socket.create_connection(endpoint, timeout=CONNECT_TIMEOUT_S).close()
+        except OSError as err:
+            raise ToolchainError(f"Cannot reach the Ray cluster at {address}: {err}.", fix) from None
     if ray.is_initialized():
         return False
     if address is None:
         ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
         return True
-    endpoint = _head_endpoint(address)
-    fix = ("Start the cluster (`ray up docker/ray-cluster.yaml`, or `ray start --head` on one host) and pass the "
-           "head's address (HOST:6379, or ray://HOST:10001 from outside the cluster), or omit --address.")
-    if endpoint is not None:
-        try:
-            socket.create_connection(endpoint, timeout=CONNECT_TIMEOUT_S).close()
-        except OSError as err:
-            raise ToolchainError(f"Cannot reach the Ray cluster at {address}: {err}.", fix) from None
     try:
         ray.init(address=address, logging_level="WARNING", log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
@@ -176,18 +178,31 @@ def check_store_visible(store: Path, nodes: list[NodeInfo]) -> None:
         refs = {n.address + " (" + n.node_id[:8] + ")": probe.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False)).remote(str(marker))
             for n in nodes}
-        answers = dict(zip(refs, ray.get(list(refs.values()), timeout=STORE_CHECK_TIMEOUT_S)))
+        try:
+            answers = dict(zip(refs, ray.get(list(refs.values()), timeout=STORE_CHECK_TIMEOUT_S)))
+        except ray.exceptions.GetTimeoutError:
+            raise ToolchainError(f"Not every node answered the store check within {STORE_CHECK_TIMEOUT_S:.0f} s.",
+                                 "Check the nodes with `ray status`; a node whose workers cannot start (e.g. "
+                                 "without this toolchain installed) never answers.") from None
     finally:
         marker.unlink()
+    problem = store_problem(store, answers)
+    if problem is not None:
+        raise problem
+
+
+def store_problem(store: Path, answers: Mapping[str, tuple[bool, bool]]) -> Optional[ToolchainError]:
+    """The error for nodes that did not see the driver's marker or cannot write; None when all can."""
     blind = [node for node, (seen, _) in answers.items() if not seen]
     read_only = [node for node, (seen, writable) in answers.items() if seen and not writable]
-    if blind or read_only:
-        raise ToolchainError(
-            f"Store {store} is " + "; ".join(
-                part for part in (f"not visible from node(s) {', '.join(blind)}" if blind else "",
-                                  f"read-only on node(s) {', '.join(read_only)}" if read_only else "") if part) + ".",
-            "Mount one shared folder (e.g. NFS) at the same path on every node and pass it as --store.",
-        )
+    if not blind and not read_only:
+        return None
+    parts = ([f"not visible from node(s) {', '.join(blind)}"] if blind else []) + \
+        ([f"read-only on node(s) {', '.join(read_only)}"] if read_only else [])
+    return ToolchainError(
+        f"Store {store} is {'; '.join(parts)}.",
+        "Mount one shared folder (e.g. NFS) at the same path on every node and pass it as --store.",
+    )
 
 
 # --- one stage on a node -------------------------------------------------------------------------
@@ -203,6 +218,11 @@ def run_stage_task(options: BuildOptions, stage: str, placement: Mapping[str, An
 
     started = time.time()
     gpu_ids = tuple(str(i) for i in ray.get_gpu_ids())
+    context = ray.get_runtime_context()
+    where = {"stage": stage, "node_id": context.get_node_id(), "node_address": ray.util.get_node_ip_address(),
+             "gpu_ids": list(gpu_ids), "pid": os.getpid(), "started_at": started}
+    # Which node runs what, readable in the store while the matrix runs (a retry overwrites it).
+    write_json_atomic(Path(options.build_dir) / WHERE_DIR / f"{stage}.json", where)
     try:
         wheel = find_dfc_wheel(options.spec.arch.dfc, options.vendor_dir)
     except ToolchainError:
@@ -213,9 +233,8 @@ def run_stage_task(options: BuildOptions, stage: str, placement: Mapping[str, An
                     wheel_is_test_double=bool(wheel and wheel.is_test_double), warnings=())
     outcome = run_cell_stage(options, stage, pre, console=Console(file=io.StringIO()),
                              probe_gpu=hang_probe and bool(gpu_ids))
-    context = ray.get_runtime_context()
-    return StageRun(stage=stage, status=outcome.status, node_id=context.get_node_id(),
-                    node_address=ray.util.get_node_ip_address(), gpu_ids=gpu_ids,
+    return StageRun(stage=stage, status=outcome.status, node_id=where["node_id"],
+                    node_address=where["node_address"], gpu_ids=gpu_ids,
                     accelerator_type=None,
                     started_at=started, finished_at=time.time(),
                     stage_duration_s=outcome.record.duration_s if outcome.record else 0.0).to_json()
@@ -248,7 +267,6 @@ def run_matrix(options: MatrixOptions, *, console=None) -> MatrixResult:
     connected_here = connect(options.address)
     try:
         nodes = cluster_nodes()
-        check_store_visible(options.store, nodes)
         refused, placements = {}, {}
         if not options.build.cpu:
             for arch in dict.fromkeys(c.arch for c in options.cells):
@@ -258,6 +276,7 @@ def run_matrix(options: MatrixOptions, *, console=None) -> MatrixResult:
             if len(refused) == len(options.cells):
                 raise ToolchainError("No cell of the matrix can optimize on this cluster:\n"
                                      + "\n".join(f"  - {cell}: {why}" for cell, why in refused.items()), "")
+        check_store_visible(options.store, nodes)
         runnable = [c for c in options.cells if c.name not in refused]
         for name, why in refused.items():
             ui.print(f"[red]✗[/] {name}: refused before any work: {why}")

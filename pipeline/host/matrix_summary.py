@@ -72,7 +72,7 @@ def _snr(build_dir: Path) -> dict[str, Optional[float]]:
     for model in MODELS:
         try:
             snrs = json.loads((build_dir / "dfc" / model / "optimize.json").read_text()).get("snr_db") or {}
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):  # not there (yet), or a file where a folder should be
             snrs = {}
         lowest[model] = min(snrs.values()) if snrs else None
     return lowest
