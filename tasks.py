@@ -332,6 +332,69 @@ def build(c, variant="tiny", arch="hailo8l", seconds=None, seq_len=None, model=N
     run_build(options)
 
 
+# --- many builds on a Ray cluster (pipeline/host/matrix.py) -------------------------------------------
+
+
+@task(
+    iterable=["model_dir"],
+    auto_shortflags=False,
+    help={
+        "variants": "comma-separated Whisper variants, e.g. tiny,base",
+        "archs": "comma-separated Hailo architectures, e.g. hailo8l,hailo10h",
+        "models": "which models to build per cell (default encoder,decoder; one model skips the bundle)",
+        "address": "Ray cluster: HOST:6379 on a cluster node, ray://HOST:10001 from outside, or auto "
+                   "(default: start Ray on this machine)",
+        "store": "folder every node mounts at the same path (NFS, or local for one host); cells go to "
+                 "<store>/<variant>-<arch> (default build/matrix)",
+        "seconds": "encoder input length in seconds for every cell (default: each variant's)",
+        "seq_len": "decoder token sequence length for every cell (default: each variant's)",
+        "calib": "folder of speech recordings, on a disk every node sees",
+        "calib_download": "download LibriSpeech dev-clean into each cell instead of --calib",
+        "profile": "model-script profile: full or quick",
+        "model_script": "your own .alls for both models, or a folder with encoder.alls and decoder.alls",
+        "model_dir": "VARIANT=FOLDER: a local checkpoint for a variant (repeatable; default: the hub id)",
+        "cpu": "optimize on CPUs on purpose (no GPU constraint; fine-tuning takes hours)",
+        "no_docker": "run the stages in each node's environment instead of the images",
+        "vendor": "folder with your DFC wheels on every node (default vendor)",
+        "max_retries": "reruns of a stage whose node died (default 2)",
+        "no_hang_probe": "skip the GPU hang probe before each optimize",
+    },
+)
+@_friendly_errors
+def matrix(c, variants="tiny", archs="hailo8l", models="encoder,decoder", address=None, store="build/matrix",
+           seconds=None, seq_len=None, calib=None, calib_download=False, profile="full", model_script=None,
+           model_dir=None, cpu=False, no_docker=False, vendor="vendor", max_retries=2, no_hang_probe=False):
+    """Build many variant x arch cells at once on a Ray cluster; writes <store>/matrix-summary.{json,md}."""
+    import os
+    from pathlib import Path
+
+    from pipeline.host.build import BuildOptions
+    from pipeline.host.matrix import MatrixOptions, run_matrix
+    from pipeline.host.matrix_plan import make_cells
+
+    pairs = [item.partition("=") for item in model_dir or ()]
+    if any(not sep for _, sep, _ in pairs):
+        raise ToolchainError(f"--model-dir {model_dir!r} is not VARIANT=FOLDER.", "Pass e.g. --model-dir tiny=/models/tiny.")
+    build_options = BuildOptions(
+        seconds=float(seconds) if seconds is not None else None,
+        seq_len=int(seq_len) if seq_len is not None else None,
+        calib_dir=Path(calib) if calib else None, calib_download=calib_download, profile=profile,
+        model_script=Path(model_script) if model_script else None, cpu=cpu, no_docker=no_docker,
+        vendor_dir=Path(vendor),
+        export_env={"HF_TOKEN": os.environ["HF_TOKEN"]} if os.environ.get("HF_TOKEN") else {},
+    )
+    options = MatrixOptions(
+        cells=make_cells(variants, archs), store=Path(store), build=build_options,
+        models=tuple(m.strip() for m in models.split(",") if m.strip()), address=address,
+        model_dirs={variant: Path(folder) for variant, _, folder in pairs}, max_retries=int(max_retries),
+        hang_probe=not no_hang_probe,
+    )
+    result = run_matrix(options)
+    if result.failed_cells:
+        raise Exit(f"{len(result.failed_cells)} cell(s) not built: {', '.join(result.failed_cells)} "
+                   f"(see {result.markdown_path})", code=1)
+
+
 @task(help={"out": "scratch folder for the benchmark builds (default: a temp dir)",
             "keep": "keep the scratch folder afterwards"})
 @_friendly_errors
