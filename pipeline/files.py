@@ -10,6 +10,8 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -28,11 +30,15 @@ def sha256_file(path: str | os.PathLike) -> str:
 def temp_path_for(path: str | os.PathLike) -> Path:
     """The temporary name an artifact is written under before it is renamed into place.
 
-    Hidden, per process, and keeping the suffix (`.x.partial-123.har` for `x.har`): some writers
-    (numpy, the DFC's save_har) insist on their extension.
+    Hidden, the same for one writer (host, process, thread) and different between writers, keeping
+    the suffix (`.x.partial-host-123-456.har` for `x.har`): some writers (numpy, the DFC's save_har)
+    insist on their extension. The pid alone is not enough: two threads of one build, or two matrix
+    tasks with the same pid on two hosts sharing a store, may write one file (the stage cache's
+    hash memo) at the same time.
     """
     path = Path(path)
-    return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+    writer = f"{socket.gethostname()}-{os.getpid()}-{threading.get_native_id()}"
+    return path.with_name(f".{path.stem}.partial-{writer}{path.suffix}")
 
 
 @contextlib.contextmanager

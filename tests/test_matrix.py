@@ -9,6 +9,7 @@ stage record), so the matrix tasks run calibration, parse, optimize, compile, bu
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -165,6 +166,63 @@ def test_a_failing_cell_leaves_the_others_built_and_a_rerun_resumes_from_the_sto
     assert {r["status"] for r in cells_json["tiny-hailo8l"]["stages"].values()} == {"up to date"}
     ran = {s for s, r in cells_json["tiny-hailo8"]["stages"].items() if r["status"] == "ran"}
     assert ran == set(ENCODER_CHAIN)
+
+
+def _pids_running(needle: str) -> list[int]:
+    """Processes whose command line contains `needle` (this test's own store path)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if needle in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_killed_driver_leaves_its_lock_and_the_rerun_skips_finished_stages(cluster, inputs, tmp_path):
+    import pickle
+    import signal
+    import subprocess
+    import sys
+
+    cells = (Cell("tiny", "hailo8l"),)
+    store = _store(tmp_path, inputs[2], cells)
+    base = inputs[0]
+    slow = BuildOptions(**{**base.__dict__, "stage_env": {**base.stage_env, "HAILO_DOUBLE_DELAY_S": "optimize=60"}})
+    options_file = tmp_path / "options.pickle"
+    options_file.write_bytes(pickle.dumps(_options(inputs, store, cells, build=slow, address=cluster[0].address)))
+    driver = subprocess.Popen(
+        [sys.executable, "-c", "import pickle, sys; from pipeline.host.matrix import run_matrix; "
+                               "run_matrix(pickle.loads(open(sys.argv[1], 'rb').read()))", str(options_file)],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Both optimize tasks started: every stage before them has its record.
+    started = [store / "tiny-hailo8l" / ".matrix" / f"{model}-optimize.json" for model in ("encoder", "decoder")]
+    try:
+        deadline = time.monotonic() + 120
+        while not all(p.exists() for p in started):
+            assert driver.poll() is None and time.monotonic() < deadline, "optimize never started"
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        # The native stage runs in its own session and outlives its Ray worker: stop it by pid.
+        for pid in _pids_running(str(store)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    cell = store / "tiny-hailo8l"
+    assert json.loads((cell / "build.lock").read_text())["pid"] == driver.pid
+    assert not (cell / ".stages" / "encoder-optimize.json").exists()
+
+    result, output = _run(_options(inputs, store, cells))
+    assert f"Taking over a stale build lock: pid {driver.pid}" in output
+    rows = json.loads(result.json_path.read_text())["cells"]["tiny-hailo8l"]["stages"]
+    before = ("export", "encoder-calib", "decoder-calib", "encoder-parse", "decoder-parse")
+    assert {s for s, r in rows.items() if r["status"] == "up to date"} == set(before)
+    assert {s for s, r in rows.items() if r["status"] == "ran"} == set(STAGE_ORDER) - set(before)
+    assert not (cell / "build.lock").exists()
 
 
 def test_bad_input_fails_before_any_work(cluster, inputs, tmp_path, monkeypatch):
