@@ -317,3 +317,38 @@ def test_docker_build_end_to_end(tmp_path, random_whisper_dir, speech_dir):
         base_image=base_image, wheelhouse=wheelhouse,
     )
     _check_flow(Flow(base), tmp_path)
+
+
+@pytest.mark.slow
+def test_two_gpus_optimize_encoder_and_decoder_at_once_and_compile_without_a_gpu(
+        tmp_path, monkeypatch, random_whisper_dir, speech_dir):
+    # Two recorded A100s for the gate; the stages get the DFC double, a TensorFlow double that
+    # answers the hang probe like a healthy card, and an optimize that takes 3 s.
+    from pipeline.host.doctor import Probes
+    from pipeline.host.gpu import Gpu, GpuInventory
+
+    monkeypatch.syspath_prepend(str(DFC_DOUBLE))
+    cards = tuple(Gpu(i, f"GPU-{i}a1b2c3", "NVIDIA A100-SXM4-80GB", (8, 0), 81920, "535.104.05") for i in (0, 1))
+    probes = Probes(read_gpus=lambda: GpuInventory(cards, "nvml"), available_memory_bytes=lambda: 64 << 30)
+    options = BuildOptions(
+        variant="tiny", arch="hailo8l", seconds=SECONDS, seq_len=SEQ_LEN, model=str(random_whisper_dir("tiny")),
+        calib_dir=speech_dir, profile="quick", no_docker=True, out=tmp_path / "build",
+        vendor_dir=tmp_path / "vendor",
+        stage_env={"PYTHONPATH": os.pathsep.join((str(DFC_DOUBLE), str(TESTS / "tf_double"))),
+                   "HAILO_DOUBLE_DELAY_S": "optimize=3"},
+    )
+    console, _ = _console()
+    result = run_build(options, console=console, doctor_probes=probes)
+
+    assert result.ran == STAGE_ORDER
+    outcome = {o.stage: o for o in result.stages}
+    enc, dec = outcome["encoder-optimize"], outcome["decoder-optimize"]
+    assert enc.started_at < dec.started_at + dec.duration_s and dec.started_at < enc.started_at + enc.duration_s, \
+        "the encoder and decoder optimize ran at the same time"
+    used = {stage: outcome[stage].record.context["gpu_device_ids"] for stage in outcome if "-" in stage
+            and stage.split("-")[1] in ("parse", "optimize", "compile")}
+    assert used["encoder-optimize"] == [cards[0].uuid] and used["decoder-optimize"] == [cards[1].uuid]
+    assert used["encoder-compile"] == [] and used["decoder-compile"] == []  # the compiler runs on the CPU
+    assert used["encoder-parse"] == [cards[0].uuid, cards[1].uuid]
+    assert "hang probe: matmul on /physical_device:GPU:0 finished" in \
+        (options.build_dir / "logs" / "gpu-hang-probe.log").read_text()

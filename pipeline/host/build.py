@@ -24,7 +24,8 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -95,6 +96,7 @@ class StageOutcome:
     status: str  # "up to date" | "ran"
     duration_s: float  # this run's wall time (up to date: the check's time)
     record: StageRecord  # the record now on disk (its duration_s: when the stage last ran)
+    started_at: float = 0.0  # this run's start, wall clock (time.time): stages may overlap
 
 
 @dataclass(frozen=True)
@@ -401,19 +403,19 @@ class _Builder:
         outputs: Callable[[], Sequence[Path]],
         context: Optional[Mapping[str, Any]] = None,
     ) -> StageRecord:
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.time()
         key, described = self.cache.key(name, inputs)
         if self.cache.is_up_to_date(name, key):
             record = self.cache.load(name)
             self.ui.up_to_date(name, record)
-            self.outcomes.append(StageOutcome(name, "up to date", time.monotonic() - started, record))
+            self.outcomes.append(StageOutcome(name, "up to date", time.monotonic() - started, record, started_at))
             return record
         self.ui.running(name)
         run()
         duration = time.monotonic() - started
         record = self.cache.save(name, key, described, outputs(), duration, context)
         self.ui.done(name, duration)
-        self.outcomes.append(StageOutcome(name, "ran", duration, record))
+        self.outcomes.append(StageOutcome(name, "ran", duration, record, started_at))
         return record
 
     def launch(self, name: str, tool: Tool, argv: Sequence[str], read_only: Sequence[Path] = ()) -> None:
@@ -429,7 +431,7 @@ class _Builder:
             build_dir=self.layout.root,
             log_path=self.layout.logs / log_name,
             read_only_paths=tuple(read_only),
-            gpu_device_ids=self.pre.gpu_device_ids if tool.image != "export" else (),
+            gpu_device_ids=self.gpus_for(tool, kind),
             env=self.stage_env(tool),
             stall_timeout_s=stall,
         )
@@ -441,6 +443,12 @@ class _Builder:
             self.probe_gpu(tool)
         run_stage(cmd, native=self.options.no_docker, image_tag=tool.tag, console=self.ui.stream,
                   docker_client=self._docker_client)
+
+    def gpus_for(self, tool: Tool, kind: str) -> tuple[str, ...]:
+        """The GPUs a stage gets: the DFC stages but compile. The compiler's partition search needs
+        no GPU (assumption from the seed log, where it ran 21 min on the CPU), so a compile never
+        holds one while another model could optimize on it."""
+        return self.pre.gpu_device_ids if tool.image != "export" and kind != "compile" else ()
 
     def stage_env(self, tool: Tool) -> dict[str, str]:
         env = dict(self.options.stage_env)
@@ -463,7 +471,7 @@ class _Builder:
         probe = HangProbe(image=tool.image, gpu_device_ids=self.pre.gpu_device_ids,
                           gpu_name=devices[0].get("name", "the GPU"), advice=advice,
                           build_dir=self.layout.root, log_path=self.layout.logs / "gpu-hang-probe.log",
-                          timeout_s=self.options.hang_probe_timeout_s)
+                          timeout_s=self.options.hang_probe_timeout_s, env=self.stage_env(tool))
         self.ui.running("gpu-hang-probe")
         took = run_hang_probe(probe, native=self.options.no_docker, image_tag=tool.tag, console=self.ui.stream,
                               docker_client=self._docker_client)
@@ -494,6 +502,18 @@ class _Builder:
                 raise ValueError(f"unknown stage {stage!r}")
             getattr(self, step)(model, self.read_export())
         return self.outcomes[-1]
+
+    def run_stages(self, stages: Sequence[str]) -> None:
+        for stage in stages:
+            self.run_stage(stage)
+
+    def on_gpu(self, device_id: str) -> "_Builder":
+        """A builder for one model's chain on one GPU: this build's tools, console and outcome list,
+        its own stage cache object (the hash memo is not shared between threads)."""
+        twin = _Builder(self.options, self.spec, self.layout, replace(self.pre, gpu_device_ids=(device_id,)),
+                        self.tools, StageCache(self.layout.root), self.ui)
+        twin.outcomes, twin._docker_client, twin._gpu_probed = self.outcomes, self._docker_client, self._gpu_probed
+        return twin
 
     def rehearsal(self, export: dict) -> bool:
         return is_rehearsal(self.dfc_results(export), self.pre.wheel_is_test_double,
@@ -593,8 +613,10 @@ class _Builder:
     def _export_files(self) -> dict[str, Path]:
         return {f"export/{p.name}": p for p in self._export_outputs()}
 
-    def _dfc_context(self) -> dict:
-        return {"tool": self.tools["dfc"].to_json(), "gpu": dict(self.pre.gpu)}
+    def _dfc_context(self, kind: str) -> dict:
+        tool = self.tools["dfc"]
+        return {"tool": tool.to_json(), "gpu": dict(self.pre.gpu),
+                "gpu_device_ids": list(self.gpus_for(tool, kind))}  # this stage's own GPUs
 
     def parse(self, model: str, export: dict) -> None:
         lay, tool, arch = self.layout, self.tools["dfc"], self.spec.arch.name
@@ -608,7 +630,7 @@ class _Builder:
             tool=self.tool_identity(tool, "pipeline.dfc.parse"),
         )
         self.stage(f"{model}-parse", inputs, lambda: self.launch(f"{model}-parse", tool, argv),
-                   lambda: [out / f"{net}.har", out / "parse.json"], context=self._dfc_context())
+                   lambda: [out / f"{net}.har", out / "parse.json"], context=self._dfc_context("parse"))
 
     def optimize(self, model: str, export: dict) -> None:
         lay, tool, arch = self.layout, self.tools["dfc"], self.spec.arch.name
@@ -630,7 +652,7 @@ class _Builder:
         read_only = [script_path] if script_path else []
         self.stage(f"{model}-optimize", inputs, lambda: self.launch(f"{model}-optimize", tool, argv, read_only),
                    lambda: [out / f"{net}_optimized.har", out / "optimize.json", out / f"{net}.alls"],
-                   context=self._dfc_context())
+                   context=self._dfc_context("optimize"))
 
     def compile(self, model: str, export: dict) -> None:
         lay, tool, arch = self.layout, self.tools["dfc"], self.spec.arch.name
@@ -645,7 +667,7 @@ class _Builder:
         )
         self.stage(f"{model}-compile", inputs, lambda: self.launch(f"{model}-compile", tool, argv),
                    lambda: [out / f"{net}.hef", out / f"{net}_compiled.har", out / "compile.json"],
-                   context=self._dfc_context())
+                   context=self._dfc_context("compile"))
 
     def dfc_results(self, export: dict) -> dict:
         """{model: {"parse": {...}, "optimize": {...}, "compile": {...}}} from the stage JSONs."""
@@ -737,6 +759,21 @@ def run_cell_stage(options: BuildOptions, stage: str, pre: Preflight, *, console
     return builder.run_stage(stage)
 
 
+def _optimize_and_compile(builder: _Builder) -> None:
+    """Each model's optimize, then its compile. With a GPU for each model, the two chains run at
+    once, one GPU each: the encoder and decoder optimize side by side, and a model compiles (on the
+    CPU) while the other may still optimize. A chain that fails lets the other finish first."""
+    devices = builder.pre.gpu_device_ids
+    if len(devices) < len(MODELS):
+        builder.run_stages([f"{m}-{step}" for step in ("optimize", "compile") for m in MODELS])
+        return
+    with ThreadPoolExecutor(max_workers=len(MODELS), thread_name_prefix="model") as pool:
+        chains = [pool.submit(builder.on_gpu(device).run_stages, (f"{model}-optimize", f"{model}-compile"))
+                  for model, device in zip(MODELS, devices)]
+    for chain in chains:
+        chain.result()
+
+
 def run_build(options: BuildOptions, *, console=None, doctor_probes=None) -> BuildResult:
     """Run (or resume) the build described by `options`; see the module docstring."""
     started = time.monotonic()
@@ -757,13 +794,14 @@ def run_build(options: BuildOptions, *, console=None, doctor_probes=None) -> Bui
         tools = resolve_tools(options, spec, pre.wheel_version, layout.logs, ui.stream)
         builder = _Builder(options, spec, layout, pre, tools, cache, ui)
 
-        for stage in STAGE_ORDER:
-            builder.run_stage(stage)
+        builder.run_stages(STAGE_ORDER[:STAGE_ORDER.index("encoder-optimize")])
+        _optimize_and_compile(builder)
+        builder.run_stages(("bundle", "report"))
         build_warnings = builder.build_warnings(builder.read_export())
         rehearsal = builder.rehearsal(builder.read_export())
         result = BuildResult(
             build_dir=layout.root,
-            stages=tuple(builder.outcomes),
+            stages=tuple(sorted(builder.outcomes, key=lambda o: STAGE_ORDER.index(o.stage))),
             manifest_path=layout.manifest,
             report_path=layout.report,
             bundle_dir=layout.bundle_dir,

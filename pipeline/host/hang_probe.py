@@ -8,9 +8,9 @@ once per build before the first DFC stage on GPU.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, TextIO
+from typing import Mapping, Optional, TextIO
 
 from pipeline.errors import ToolchainError
 from pipeline.host.launcher import StageCommand, execute_stage
@@ -47,6 +47,7 @@ class HangProbe:
     log_path: Path
     timeout_s: float = DEFAULT_HANG_PROBE_TIMEOUT_S
     argv: tuple[str, ...] = PROBE_ARGV
+    env: Mapping[str, str] = field(default_factory=dict)  # the DFC stages' environment (e.g. PYTHONPATH natively)
 
 
 def run_hang_probe(
@@ -69,6 +70,7 @@ def run_hang_probe(
         build_dir=probe.build_dir,
         log_path=probe.log_path,
         gpu_device_ids=probe.gpu_device_ids,
+        env=dict(probe.env),
         stall_timeout_s=probe.timeout_s,
     )
     run, stopped, tail = execute_stage(
