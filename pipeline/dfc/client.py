@@ -36,10 +36,10 @@ from pipeline.errors import ToolchainError, run_cli
 from pipeline.export.meta import EXPORT_FORMAT, EXPORT_JSON, read_export_json
 from pipeline.files import atomic_path, sha256_file, write_bytes_atomic, write_text_atomic
 from pipeline.dfc.model_scripts import ResolvedScript
-from pipeline.tables import get_arch
+from pipeline.layout import har_path
+from pipeline.tables import MODELS, get_arch
 
 DFC_DISTRIBUTION = "hailo_dataflow_compiler"  # the wheel's distribution name
-MODELS = ("encoder", "decoder")
 
 _HOW_TO_SUPPLY = (
     "The DFC is licensed and not on PyPI: download hailo_dataflow_compiler-{version}-py3-none-"
@@ -380,12 +380,6 @@ def check_calibration(calib: CalibData, network: NetworkExport, hn_inputs: Mappi
 # --- the three steps ----------------------------------------------------------------------------
 
 
-def har_path(out_dir: Path, net_name: str, stage: str) -> Path:
-    """<out>/<net>.har after parse, <net>_optimized.har, <net>_compiled.har (hailo-whisper's names)."""
-    suffix = {"parse": "", "optimize": "_optimized", "compile": "_compiled"}[stage]
-    return Path(out_dir) / f"{net_name}{suffix}.har"
-
-
 def parse(network: NetworkExport, arch: str, out_dir: Path) -> dict:
     """ONNX -> <out_dir>/<net>.har. Returns the result fields (see pipeline/dfc/parse.py)."""
     version = check_dfc_version(arch)
@@ -523,7 +517,7 @@ def compile_har(har: Path, arch: str, out_dir: Path) -> dict:
 RESULT_FORMAT = 1
 
 
-def run_stage(stage: str, out_dir: Path, work, log: Optional[Path] = None) -> dict:
+def run_dfc_step(stage: str, out_dir: Path, work, log: Optional[Path] = None) -> dict:
     """Run `work()` (one of parse/optimize/compile_har above), then write <out_dir>/<stage>.json.
 
     The DFC's console output is teed into <out_dir>/<stage>-dfc.log while it runs and parsed into

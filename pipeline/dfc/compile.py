@@ -30,7 +30,7 @@ class CompileConfig:
 
 
 def run_compile(config: CompileConfig) -> dict:
-    return dfc.run_stage("compile", config.out_dir,
+    return dfc.run_dfc_step("compile", config.out_dir,
                          lambda: dfc.compile_har(config.har, config.arch, config.out_dir), config.log)
 
 

@@ -44,7 +44,7 @@ def run_optimize(config: OptimizeConfig) -> dict:
     network = dfc.load_network_export(config.export_dir, config.model)
     script = resolve_model_script(network.variant, config.arch, config.model, config.profile,
                                   config.model_script, config.noise_analysis)
-    return dfc.run_stage(
+    return dfc.run_dfc_step(
         "optimize", config.out_dir,
         lambda: dfc.optimize(config.har, network, config.arch, config.calib, script, config.out_dir),
         config.log,

@@ -34,7 +34,7 @@ class ParseConfig:
 def run_parse(config: ParseConfig) -> dict:
     """Check the DFC version and the export, parse, save the HAR and parse.json; return the result."""
     network = dfc.load_network_export(config.export_dir, config.model)
-    return dfc.run_stage("parse", config.out_dir,
+    return dfc.run_dfc_step("parse", config.out_dir,
                          lambda: dfc.parse(network, config.arch, config.out_dir), config.log)
 
 

@@ -38,7 +38,7 @@ from pipeline.export import ct2
 from pipeline.errors import ToolchainError, run_cli
 from pipeline.export.meta import EXPORT_FORMAT, EXPORT_JSON
 from pipeline.files import sha256_file, write_json_atomic
-from pipeline.tables import ARCHS, DECODER_VOCAB_SPLITS, VARIANTS, BuildSpec, resolve_spec
+from pipeline.tables import ARCHS, DECODER_VOCAB_SPLITS, EXPORT_LIBRARIES, VARIANTS, BuildSpec, resolve_spec
 
 OPSET = 17
 ENCODER_INPUT = "input_features"
@@ -459,8 +459,6 @@ def _hf_generated(row, meta) -> list[int]:
 
 # --- the stage ----------------------------------------------------------------------------------
 
-
-EXPORT_LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "onnxslim", "numpy")
 
 
 def library_versions() -> dict[str, str]:
