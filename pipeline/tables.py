@@ -30,6 +30,10 @@ MAX_SECONDS = 30  # Whisper's native window: 3000 frames, 1500 encoder positions
 MAX_TARGET_POSITIONS = 448  # decoder positional embedding rows
 DECODER_VOCAB_SPLITS = 4  # the vocabulary projection is split in 4 matmuls to fit Hailo-8
 
+# What a command builds when no variant or arch is given (invoke tasks, the export CLI, BuildOptions).
+DEFAULT_VARIANT = "tiny"
+DEFAULT_ARCH = "hailo8l"
+
 # The two networks every build converts, in build order, and the generated model-script profiles
 # (pipeline/dfc/model_scripts.py: full = hailo-whisper's settings, quick = minutes on a CPU).
 MODELS = ("encoder", "decoder")

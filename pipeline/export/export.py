@@ -30,7 +30,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Optional
+from typing import Callable, ClassVar, Mapping, Optional
 
 import numpy as np
 
@@ -38,15 +38,14 @@ from pipeline.export import ct2
 from pipeline.errors import ToolchainError, run_cli
 from pipeline.export.meta import EXPORT_FORMAT, EXPORT_JSON
 from pipeline.files import sha256_file, write_json_atomic
-from pipeline.tables import ARCHS, DECODER_VOCAB_SPLITS, EXPORT_LIBRARIES, VARIANTS, BuildSpec, resolve_spec
+from pipeline.layout import Layout
+from pipeline.tables import ARCHS, DECODER_VOCAB_SPLITS, DEFAULT_ARCH, DEFAULT_VARIANT, EXPORT_LIBRARIES, VARIANTS, BuildSpec, resolve_spec
 
 OPSET = 17
 ENCODER_INPUT = "input_features"
 ENCODER_OUTPUT = "encoder_states"
 DECODER_INPUTS = ("encoder_states", "decoder_embeddings")
 TOKEN_EMBEDDING_FILE = "token_embedding.npy"
-# The export does not depend on the Hailo architecture; BuildSpec needs one, the CLI uses this.
-DEFAULT_ARCH = "hailo8l"
 
 
 def logits_name(index: int) -> str:
@@ -63,7 +62,12 @@ class ParityTolerances:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """What to export and where. `model`: HF id, transformers dir or CTranslate2 dir (None: the variant's HF id)."""
+    """What to export and where. `model`: HF id, transformers dir or CTranslate2 dir (None: the variant's HF id).
+
+    `to_argv()` is the command line `build_parser()` reads back into it (opset, tolerances and seed
+    are not on the command line: their defaults)."""
+
+    MODULE: ClassVar[str] = "pipeline.export.export"
 
     spec: BuildSpec
     out_dir: Path
@@ -76,6 +80,16 @@ class ExportConfig:
     @property
     def model_source(self) -> str:
         return self.model or self.spec.variant.hf_id
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "ExportConfig":
+        return make_config(args.variant, args.seconds, args.seq_len, args.model, args.out, args.offline, args.arch)
+
+    def to_argv(self) -> list[str]:
+        spec = self.spec
+        argv = ["--variant", spec.variant.name, "--arch", spec.arch.name, "--seconds", repr(float(spec.seconds)),
+                "--seq-len", str(spec.seq_len), "--out", str(self.out_dir)]
+        return argv + (["--model", self.model] if self.model else []) + ([] if self.allow_download else ["--offline"])
 
 
 @dataclass(frozen=True)
@@ -607,29 +621,34 @@ def make_config(variant: str, seconds: Optional[float], seq_len: Optional[int], 
                 out: Optional[str], offline: bool = False, arch: str = DEFAULT_ARCH) -> ExportConfig:
     """Validated ExportConfig from CLI-level choices (default out: build/<variant>-<arch>/export)."""
     spec = resolve_spec(variant, arch, seconds, seq_len)
-    out_dir = Path(out) if out else Path("build") / spec.build_name / "export"
+    out_dir = Path(out) if out else Layout(Path("build") / spec.build_name).export_dir
     return ExportConfig(spec=spec, out_dir=out_dir, model=model, allow_download=not offline)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline.export.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variant", default="tiny", help=f"one of {', '.join(VARIANTS)} (default tiny)")
+    parser.add_argument("--variant", default=DEFAULT_VARIANT, help=f"one of {', '.join(VARIANTS)} (default tiny)")
     parser.add_argument("--seconds", type=float, default=None, help="encoder input length (default: per variant)")
     parser.add_argument("--seq-len", type=int, default=None, help="decoder sequence length (default: per variant)")
     parser.add_argument("--model", default=None,
                         help="Hugging Face id, transformers directory or CTranslate2 folder (default: the variant's HF id)")
     parser.add_argument("--out", default=None, help="output directory (default build/<variant>-<arch>/export)")
     parser.add_argument("--arch", default=DEFAULT_ARCH, choices=list(ARCHS),
-                        help="only names the default output directory; the export is the same for every arch")
+                        help="only names the default output directory; the export is the same for every arch "
+                        "(BuildSpec needs one)")
     parser.add_argument("--offline", action="store_true", help="never download; use the local Hugging Face cache only")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     started = time.monotonic()
 
     def log(message: str) -> None:
         print(f"[export {time.monotonic() - started:6.1f}s] {message}", flush=True)
 
     def action():
-        config = make_config(args.variant, args.seconds, args.seq_len, args.model, args.out, args.offline, args.arch)
+        config = ExportConfig.from_args(args)
         result = export_whisper(config, log=log)
         print(f"export written to {result.export_json.parent} ({result.export_json.name} lists the files)")
 

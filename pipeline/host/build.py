@@ -7,7 +7,8 @@ up to date.
 
 Export, calibration and the DFC stages run through the stage launcher (`pipeline.host.launcher`): in
 the `export` image and the `dfc3`/`dfc5` image, or natively with `no_docker`. Host paths are
-mounted at the same absolute paths, so every argv below is the same in both modes. Bundle and
+mounted at the same absolute paths, so each stage's command line (its config's `to_argv()`, written
+beside the stage's parser) is the same in both modes. Bundle and
 report are host-side file work and run in this process.
 
 Each stage is keyed by `pipeline.host.stage_cache` (input hashes, parameters, model script, the tool
@@ -19,18 +20,17 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import platform
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from rich.console import Console
 
-from pipeline.errors import ToolchainError
+from calib.config import DecoderSetConfig, DownloadConfig, EncoderSetConfig
+from pipeline.dfc.compile import CompileConfig
+from pipeline.dfc.optimize import OptimizeConfig
+from pipeline.dfc.parse import ParseConfig
+from pipeline.export.export import ExportConfig
 from pipeline.export.meta import read_export_json
 from pipeline.host.build_lock import BuildLock
 from pipeline.host.build_options import BuildOptions, BuildResult, StageOutcome
@@ -44,6 +44,11 @@ from pipeline.host.preflight import (Preflight, Tool, audio_files, calibration_e
 from pipeline.host.stage_cache import STAGE_ORDER, StageCache, StageInputs, StageRecord, files_under, resolve_force
 from pipeline.layout import REPO_ROOT, Layout
 from pipeline.tables import MODELS, BuildSpec
+
+# What the builder launches: a stage's config, run as `python -m <module> <config.to_argv()>`.
+StageConfig = Union[ExportConfig, EncoderSetConfig, DecoderSetConfig, DownloadConfig, ParseConfig, OptimizeConfig,
+                    CompileConfig]
+
 
 # --- running the stages -------------------------------------------------------------------------
 
@@ -105,14 +110,15 @@ class _Builder:
         self.outcomes.append(StageOutcome(name, "ran", duration, record))
         return record
 
-    def launch(self, name: str, tool: Tool, argv: Sequence[str], read_only: Sequence[Path] = ()) -> None:
+    def launch(self, name: str, tool: Tool, config: StageConfig, read_only: Sequence[Path] = ()) -> None:
+        """Run one stage's config as `python -m <module> <config.to_argv()>` in its image (or natively)."""
         model, _, kind = name.rpartition("-")
         log_name = f"{model or name}-{kind}.log" if model else f"{name}.log"
         stall = self.options.stall_timeouts.get(name, self.options.stall_timeouts.get(kind))
         cmd = StageCommand(
             name=name,
             image=tool.image,
-            argv=tuple(argv),
+            argv=("python", "-m", config.MODULE, *config.to_argv()),
             build_dir=self.layout.root,
             log_path=self.layout.logs / log_name,
             read_only_paths=tuple(read_only),
@@ -121,7 +127,7 @@ class _Builder:
             stall_timeout_s=stall,
         )
         if not self.options.no_docker and self._docker_client is None:
-            from pipeline.host.docker_engine import connect
+            from pipeline.host.docker_engine import connect  # Docker mode only: native needs no docker-py
 
             self._docker_client = connect()
         if cmd.gpu_device_ids and not self._gpu_probed:
@@ -173,24 +179,19 @@ class _Builder:
             model = str(model_path.absolute())
             files = {f"model/{p.relative_to(model_path)}": p for p in files_under(model_path)}
             read_only = [model_path.absolute()]
-        argv = ["python", "-m", "pipeline.export.export", "--variant", spec.variant.name, "--model", model,
-                "--seconds", f"{spec.seconds:g}", "--seq-len", str(spec.seq_len), "--out", str(lay.export_dir)]
+        config = ExportConfig(spec=spec, out_dir=lay.export_dir, model=model)
         inputs = StageInputs(
             files=files,
             params={"variant": spec.variant.name, "model": model if not files else "local folder",
                     "seconds": spec.seconds, "seq_len": spec.seq_len},
-            tool=self.tool_identity(tool, "pipeline.export.export"),
+            tool=self.tool_identity(tool, ExportConfig.MODULE),
         )
-        self.stage("export", inputs, lambda: self.launch("export", tool, argv, read_only),
+        self.stage("export", inputs, lambda: self.launch("export", tool, config, read_only),
                    lambda: self._export_outputs(), context={"tool": tool.to_json()})
         return self.read_export()
 
     def read_export(self) -> dict:
-        try:
-            return json.loads(self.layout.export_json.read_text())
-        except (FileNotFoundError, ValueError) as err:
-            raise ToolchainError(f"{self.layout.export_json} is missing or unreadable ({err}).",
-                                 "Rerun the build with --force export.") from None
+        return read_export_json(self.layout.export_dir)
 
     def _export_outputs(self) -> list[Path]:
         meta = self.read_export()
@@ -210,8 +211,7 @@ class _Builder:
             # Not a cached stage: the download is resumable and verified by its own checksum.
             self.ui.running("calib-download")
             started = time.monotonic()
-            self.launch("calib-download", self.tools["export"],
-                        ["python", "-m", "calib", "download", "--dest", str(target)])
+            self.launch("calib-download", self.tools["export"], DownloadConfig(dest=target))
             self.ui.done("calib-download", time.monotonic() - started)
         return target
 
@@ -219,16 +219,16 @@ class _Builder:
         lay, tool = self.layout, self.tools["export"]
         audio = self.audio_dir()
         size, needed = self.calib_size(), self.calib_needed()
-        # --min-entries: a set too small for the fine-tune fails here, not hours into optimize.
-        argv = ["python", "-m", "calib", "encoder", "--audio", str(audio), "--seconds", f"{self.spec.seconds:g}",
-                "--size", str(size), "--min-entries", str(needed), "--out", str(lay.encoder_calib)]
+        # min_entries: a set too small for the fine-tune fails here, not hours into optimize.
+        config = EncoderSetConfig(audio_dir=audio, out=lay.encoder_calib, seconds=self.spec.seconds, size=size,
+                                  min_entries=needed)
         inputs = StageInputs(
             files={f"audio/{p.relative_to(audio)}": p for p in audio_files(audio)},
             params={"seconds": self.spec.seconds, "size": size, "min_entries": needed},
             tool=self.tool_identity(tool, "calib.__main__", "calib"),
         )
         read_only = [audio] if self.options.calib_dir is not None else []
-        self.stage("encoder-calib", inputs, lambda: self.launch("encoder-calib", tool, argv, read_only),
+        self.stage("encoder-calib", inputs, lambda: self.launch("encoder-calib", tool, config, read_only),
                    lambda: [lay.encoder_calib, lay.encoder_calib_manifest], context={"tool": tool.to_json()})
 
     def decoder_calib(self) -> None:
@@ -236,14 +236,14 @@ class _Builder:
         # Only as many pairs as the decoder's script uses: greedy decoding is the slow part
         # (about 0.5 s per entry on 2 cores) and the encoder set is sized for the encoder's fine-tune.
         size = resolved_script(self.options, self.spec, "decoder").needs.entries
-        argv = ["python", "-m", "calib", "decoder", "--encoder-set", str(lay.encoder_calib),
-                "--export-dir", str(lay.export_dir), "--size", str(size), "--out", str(lay.decoder_calib)]
+        config = DecoderSetConfig(encoder_set=lay.encoder_calib, export_dir=lay.export_dir, out=lay.decoder_calib,
+                                  size=size)
         inputs = StageInputs(
             files={"encoder_calib": lay.encoder_calib, **self._export_files()},
             params={"size": size},
             tool=self.tool_identity(tool, "calib.__main__", "calib"),
         )
-        self.stage("decoder-calib", inputs, lambda: self.launch("decoder-calib", tool, argv),
+        self.stage("decoder-calib", inputs, lambda: self.launch("decoder-calib", tool, config),
                    lambda: [p for p in (lay.decoder_calib, lay.decoder_calib_manifest) if p.exists()],
                    context={"tool": tool.to_json()})
 
@@ -255,53 +255,48 @@ class _Builder:
 
     def parse(self, model: str, export: dict) -> None:
         lay, tool, arch = self.layout, self.tools["dfc"], self.spec.arch.name
-        out = lay.dfc_dir(model)
         net = export[model]["net_name"]
-        argv = ["python", "-m", "pipeline.dfc.parse", "--export-dir", str(lay.export_dir), "--model", model,
-                "--arch", arch, "--out-dir", str(out)]
+        config = ParseConfig(export_dir=lay.export_dir, model=model, arch=arch, out_dir=lay.dfc_dir(model))
         inputs = StageInputs(
             files={"export.json": lay.export_json, "onnx": lay.export_dir / export[model]["onnx"]},
             params={"model": model, "arch": arch},
-            tool=self.tool_identity(tool, "pipeline.dfc.parse"),
+            tool=self.tool_identity(tool, ParseConfig.MODULE),
         )
-        self.stage(f"{model}-parse", inputs, lambda: self.launch(f"{model}-parse", tool, argv),
-                   lambda: [out / f"{net}.har", out / "parse.json"], context=self._dfc_context())
+        self.stage(f"{model}-parse", inputs, lambda: self.launch(f"{model}-parse", tool, config),
+                   lambda: [lay.har(model, net, "parse"), lay.dfc_result(model, "parse")], context=self._dfc_context())
 
     def optimize(self, model: str, export: dict) -> None:
         lay, tool, arch = self.layout, self.tools["dfc"], self.spec.arch.name
-        out = lay.dfc_dir(model)
         net = export[model]["net_name"]
-        calib = lay.encoder_calib if model == "encoder" else lay.decoder_calib
         script = resolved_script(self.options, self.spec, model)
-        argv = ["python", "-m", "pipeline.dfc.optimize", "--har", str(out / f"{net}.har"), "--model", model,
-                "--export-dir", str(lay.export_dir), "--calib", str(calib), "--arch", arch]
         script_path = model_script_path(self.options, model)
-        argv += ["--model-script", str(script_path)] if script_path else ["--profile", self.options.profile]
-        argv += ["--out-dir", str(out)]
+        # A model script replaces the profile, which then stays at its default (not on the command line).
+        config = OptimizeConfig(har=lay.har(model, net, "parse"), model=model, export_dir=lay.export_dir,
+                                calib=lay.calib_set(model), arch=arch, out_dir=lay.dfc_dir(model),
+                                **({"model_script": script_path} if script_path else {"profile": self.options.profile}))
         inputs = StageInputs(
-            files={"har": out / f"{net}.har", "calib": calib, "export.json": lay.export_json},
+            files={"har": config.har, "calib": config.calib, "export.json": lay.export_json},
             params={"model": model, "arch": arch, "script_source": script.source},
             texts={"model_script": script.text},
-            tool=self.tool_identity(tool, "pipeline.dfc.optimize"),
+            tool=self.tool_identity(tool, OptimizeConfig.MODULE),
         )
         read_only = [script_path] if script_path else []
-        self.stage(f"{model}-optimize", inputs, lambda: self.launch(f"{model}-optimize", tool, argv, read_only),
-                   lambda: [out / f"{net}_optimized.har", out / "optimize.json", out / f"{net}.alls"],
+        self.stage(f"{model}-optimize", inputs, lambda: self.launch(f"{model}-optimize", tool, config, read_only),
+                   lambda: [lay.har(model, net, "optimize"), lay.dfc_result(model, "optimize"),
+                            lay.used_model_script(model, net)],
                    context=self._dfc_context())
 
     def compile(self, model: str, export: dict) -> None:
         lay, tool, arch = self.layout, self.tools["dfc"], self.spec.arch.name
-        out = lay.dfc_dir(model)
         net = export[model]["net_name"]
-        argv = ["python", "-m", "pipeline.dfc.compile", "--har", str(out / f"{net}_optimized.har"), "--arch", arch,
-                "--out-dir", str(out)]
+        config = CompileConfig(har=lay.har(model, net, "optimize"), arch=arch, out_dir=lay.dfc_dir(model))
         inputs = StageInputs(
-            files={"optimized_har": out / f"{net}_optimized.har"},
+            files={"optimized_har": config.har},
             params={"arch": arch},
-            tool=self.tool_identity(tool, "pipeline.dfc.compile"),
+            tool=self.tool_identity(tool, CompileConfig.MODULE),
         )
-        self.stage(f"{model}-compile", inputs, lambda: self.launch(f"{model}-compile", tool, argv),
-                   lambda: [out / f"{net}.hef", out / f"{net}_compiled.har", out / "compile.json"],
+        self.stage(f"{model}-compile", inputs, lambda: self.launch(f"{model}-compile", tool, config),
+                   lambda: [lay.hef(model, net), lay.har(model, net, "compile"), lay.dfc_result(model, "compile")],
                    context=self._dfc_context())
 
     def dfc_results(self, export: dict) -> dict:
@@ -310,7 +305,7 @@ class _Builder:
         for model in MODELS:
             results[model] = {}
             for step in ("parse", "optimize", "compile"):
-                path = self.layout.dfc_dir(model) / f"{step}.json"
+                path = self.layout.dfc_result(model, step)
                 try:
                     results[model][step] = json.loads(path.read_text())
                 except (FileNotFoundError, ValueError):
@@ -318,7 +313,7 @@ class _Builder:
         return results
 
     def hef_paths(self, export: dict) -> dict[str, Path]:
-        return {m: self.layout.dfc_dir(m) / f"{export[m]['net_name']}.hef" for m in MODELS}
+        return {m: self.layout.hef(m, export[m]["net_name"]) for m in MODELS}
 
     def bundle(self, export: dict, rehearsal: bool) -> None:
         lay = self.layout

@@ -9,15 +9,15 @@ from typing import Mapping, Optional
 
 from pipeline.errors import ToolchainError
 from pipeline.host.stage_cache import StageRecord, resolve_force
-from pipeline.tables import PROFILES, BuildSpec, resolve_spec
+from pipeline.tables import DEFAULT_ARCH, DEFAULT_VARIANT, PROFILES, BuildSpec, resolve_spec
 
 
 @dataclass(frozen=True)
 class BuildOptions:
     """Everything one build needs, made once by the entry point (tasks.py) and passed down."""
 
-    variant: str = "tiny"
-    arch: str = "hailo8l"
+    variant: str = DEFAULT_VARIANT
+    arch: str = DEFAULT_ARCH
     seconds: Optional[float] = None  # None: the variant's default
     seq_len: Optional[int] = None  # None: the variant's default
     model: Optional[str] = None  # Hugging Face id or local dir (transformers or CTranslate2); None: the variant's id
