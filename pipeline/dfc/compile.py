@@ -4,9 +4,12 @@
     -> <out-dir>/<net>.hef (written atomically), <out-dir>/<net>_compiled.har, <out-dir>/compile.json
 
 A .hef left from an earlier run is removed before compiling, so after a failed or interrupted
-compile there is no .hef at all. compile.json: {"stage": "compile", "ok": true, "dfc_version",
+compile there is no .hef at all. compile.json: {"dfc_version",
 "arch", "net_name", "har_in", "har_in_sha256", "hef", "hef_sha256", "hef_bytes", "compiled_har",
-"compiled_har_sha256", "contexts", "duration_s", "timeline", "summary", "log"}.
+"compiled_har_sha256", "contexts"} plus the common fields.
+Every result JSON also has the fields `pipeline.dfc.client.run_dfc_step` adds: "format", "stage",
+"ok", "started_at", "duration_s", "dfc_s" (inside the DFC), "dfc_is_test_double", "log",
+"timeline", "summary".
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import ClassVar, Optional
 
 from pipeline.dfc import client as dfc
+from pipeline.dfc.inputs import load_network_export
 from pipeline.errors import ToolchainError
 from pipeline.layout import Layout
 from pipeline.tables import ARCHS, MODELS
@@ -74,7 +78,7 @@ def compile_build(build_dir: Path, arch: str, models=MODELS) -> dict:
     layout = Layout(build_dir)
     results = {}
     for model in models:
-        network = dfc.load_network_export(layout.export_dir, model)
+        network = load_network_export(layout.export_dir, model)
         out = layout.dfc_dir(model)
         har = layout.har(model, network.net_name, "optimize")
         if not (har.is_file() and layout.dfc_result(model, "optimize").is_file()):

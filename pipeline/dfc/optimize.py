@@ -6,11 +6,14 @@
 
 Before the DFC starts, the calibration set is checked against the parsed network (NHWC layout,
 shapes, input layer names) and against the script's needs (calibset_size, fine-tune dataset_size).
-optimize.json: {"stage": "optimize", "ok": true, "dfc_version", "arch", "model", "net_name", "har_in",
-"har_in_sha256", "calib", "calib_sha256", "calib_entries", "calib_needed" {"calibset_size",
-"finetune_dataset_size"}, "profile" ("full"|"quick"|"custom"), "model_script_source",
-"model_script", "model_script_sha256", "noise_analysis", "snr_db" {"<net>/output_layerN": dB},
-"output_layers", "har", "har_sha256", "duration_s", "timeline", "summary", "log"}.
+optimize.json: {"dfc_version", "arch", "model", "net_name", "har_in", "har_in_sha256", "calib",
+"calib_sha256", "calib_entries", "calib_needed" {"calibset_size", "finetune_dataset_size"},
+"profile" ("full"|"quick"|"custom"), "model_script_source", "model_script", "model_script_sha256",
+"noise_analysis", "snr_db" {"<net>/output_layerN": dB}, "output_layers", "har", "har_sha256"} plus
+the common fields.
+Every result JSON also has the fields `pipeline.dfc.client.run_dfc_step` adds: "format", "stage",
+"ok", "started_at", "duration_s", "dfc_s" (inside the DFC), "dfc_is_test_double", "log",
+"timeline", "summary".
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import ClassVar, Optional
 
 from pipeline.dfc import client as dfc
+from pipeline.dfc.inputs import load_network_export
 from pipeline.dfc.model_scripts import PROFILES, resolve_model_script
 from pipeline.dfc.parse import ParseConfig, run_parse
 from pipeline.layout import Layout
@@ -61,7 +65,7 @@ class OptimizeConfig:
 
 
 def run_optimize(config: OptimizeConfig) -> dict:
-    network = dfc.load_network_export(config.export_dir, config.model)
+    network = load_network_export(config.export_dir, config.model)
     script = resolve_model_script(network.variant, config.arch, config.model, config.profile,
                                   config.model_script, config.noise_analysis)
     return dfc.run_dfc_step(
@@ -117,7 +121,7 @@ def optimize_build(build_dir: Path, arch: str, models=MODELS, profile: str = "fu
     export_dir = layout.export_dir
     results = {}
     for model in models:
-        network = dfc.load_network_export(export_dir, model)
+        network = load_network_export(export_dir, model)
         out = layout.dfc_dir(model)
         har = layout.har(model, network.net_name, "parse")
         if not (har.is_file() and layout.dfc_result(model, "parse").is_file()):

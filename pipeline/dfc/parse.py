@@ -4,10 +4,12 @@
     -> <out-dir>/<net>.har, <out-dir>/parse.json
 
 The ONNX file, network name, start/end node names and input shapes all come from export.json.
-parse.json: {"stage": "parse", "ok": true, "dfc_version", "arch", "model", "net_name", "onnx",
-"onnx_sha256", "start_node_names", "end_node_names", "net_input_shapes", "input_layers"
-{"<net>/input_layer1": [-1, H, W, C]}, "output_layers", "har", "har_sha256", "duration_s",
-"timeline", "summary", "log"}.
+parse.json: {"dfc_version", "arch", "model", "net_name", "onnx", "onnx_sha256", "start_node_names",
+"end_node_names", "net_input_shapes", "input_layers" {"<net>/input_layer1": [-1, H, W, C]},
+"output_layers", "har", "har_sha256"} plus the common fields.
+Every result JSON also has the fields `pipeline.dfc.client.run_dfc_step` adds: "format", "stage",
+"ok", "started_at", "duration_s", "dfc_s" (inside the DFC), "dfc_is_test_double", "log",
+"timeline", "summary".
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import ClassVar, Optional
 
 from pipeline.dfc import client as dfc
+from pipeline.dfc.inputs import load_network_export
 from pipeline.tables import ARCHS, MODELS
 
 
@@ -46,7 +49,7 @@ class ParseConfig:
 
 def run_parse(config: ParseConfig) -> dict:
     """Check the DFC version and the export, parse, save the HAR and parse.json; return the result."""
-    network = dfc.load_network_export(config.export_dir, config.model)
+    network = load_network_export(config.export_dir, config.model)
     return dfc.run_dfc_step("parse", config.out_dir,
                          lambda: dfc.parse(network, config.arch, config.out_dir), config.log)
 
