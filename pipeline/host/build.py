@@ -18,13 +18,10 @@ not finish, because records are only written after a stage's outputs are in plac
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
-
-from rich.console import Console
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from calib.config import DecoderSetConfig, DownloadConfig, EncoderSetConfig
 from pipeline.dfc.compile import CompileConfig
@@ -36,54 +33,58 @@ from pipeline.host.build_lock import BuildLock
 from pipeline.host.build_options import BuildOptions, BuildResult, StageOutcome
 from pipeline.host.bundle import BUNDLE_FORMAT, bundle_files, make_bundle
 from pipeline.host.code_closure import code_fingerprint
-from pipeline.host.hang_probe import HangProbe, run_hang_probe
-from pipeline.host.launcher import StageCommand, run_stage
 from pipeline.host.manifest import dfc_version_of, is_rehearsal, make_manifest, print_summary, quality_warnings, write_report
 from pipeline.host.preflight import (Preflight, Tool, audio_files, calibration_entries_needed, model_script_path,
                                      preflight, resolve_tools, resolved_script)
 from pipeline.host.stage_cache import STAGE_ORDER, StageCache, StageInputs, StageRecord, files_under, resolve_force
+from pipeline.host.stage_runner import BuildConsole, StageRunner
 from pipeline.layout import REPO_ROOT, Layout
 from pipeline.tables import MODELS, BuildSpec
 
-# What the builder launches: a stage's config, run as `python -m <module> <config.to_argv()>`.
-StageConfig = Union[ExportConfig, EncoderSetConfig, DecoderSetConfig, DownloadConfig, ParseConfig, OptimizeConfig,
-                    CompileConfig]
+# --- what the stages wrote ----------------------------------------------------------------------
+
+
+def export_outputs(layout: Layout) -> list[Path]:
+    """export.json and every file it lists (the export stage's outputs)."""
+    meta = read_export_json(layout.export_dir)
+    return [layout.export_json] + [layout.export_dir / name for name in sorted(meta.get("files", {}))]
+
+
+def export_files(layout: Layout) -> dict[str, Path]:
+    """The export's outputs as stage-key inputs of a later stage."""
+    return {f"export/{p.name}": p for p in export_outputs(layout)}
+
+
+def dfc_results(layout: Layout) -> dict:
+    """{model: {"parse": {...}, "optimize": {...}, "compile": {...}}} from the stage JSONs ({} when missing)."""
+    results = {}
+    for model in MODELS:
+        results[model] = {}
+        for step in ("parse", "optimize", "compile"):
+            try:
+                results[model][step] = json.loads(layout.dfc_result(model, step).read_text())
+            except (FileNotFoundError, ValueError):
+                results[model][step] = {}
+    return results
+
+
+def hef_paths(layout: Layout, export: Mapping) -> dict[str, Path]:
+    return {m: layout.hef(m, export[m]["net_name"]) for m in MODELS}
 
 
 # --- running the stages -------------------------------------------------------------------------
-
-
-class _Console:
-    """Stage status lines (rich) and the stream the launcher tees stage output to."""
-
-    def __init__(self, console=None, stream_logs: bool = True):
-        self.rich = console or Console(highlight=False)
-        self.stream = self.rich.file if stream_logs else io.StringIO()
-
-    def up_to_date(self, stage: str, record: StageRecord) -> None:
-        self.rich.print(f"[green]✓[/] {stage:<18} up to date [dim](ran {record.finished_at}, "
-                        f"{record.duration_s:.1f} s)[/]")
-
-    def running(self, stage: str) -> None:
-        self.rich.print(f"[cyan]▶[/] {stage:<18} running …")
-
-    def done(self, stage: str, duration_s: float) -> None:
-        self.rich.print(f"[green]✓[/] {stage:<18} done in {duration_s:.1f} s")
-
-    def warn(self, text: str) -> None:
-        self.rich.print(f"[yellow]warning:[/] {text}")
 
 
 class _Builder:
     """Runs one build's stages in order (state shared between the stage methods)."""
 
     def __init__(self, options: BuildOptions, spec: BuildSpec, layout: Layout, pre: Preflight,
-                 tools: Mapping[str, Tool], cache: StageCache, ui: _Console):
+                 tools: Mapping[str, Tool], cache: StageCache, ui: BuildConsole):
         self.options, self.spec, self.layout, self.pre = options, spec, layout, pre
         self.tools, self.cache, self.ui = tools, cache, ui
         self.outcomes: list[StageOutcome] = []
-        self._docker_client = None
-        self._gpu_probed = False
+        self.runner = StageRunner(options, layout, pre, ui)
+        self.launch = self.runner.launch
 
     # one stage ----------------------------------------------------------------------------------
 
@@ -110,63 +111,6 @@ class _Builder:
         self.outcomes.append(StageOutcome(name, "ran", duration, record))
         return record
 
-    def launch(self, name: str, tool: Tool, config: StageConfig, read_only: Sequence[Path] = ()) -> None:
-        """Run one stage's config as `python -m <module> <config.to_argv()>` in its image (or natively)."""
-        model, _, kind = name.rpartition("-")
-        log_name = f"{model or name}-{kind}.log" if model else f"{name}.log"
-        stall = self.options.stall_timeouts.get(name, self.options.stall_timeouts.get(kind))
-        cmd = StageCommand(
-            name=name,
-            image=tool.image,
-            argv=("python", "-m", config.MODULE, *config.to_argv()),
-            build_dir=self.layout.root,
-            log_path=self.layout.logs / log_name,
-            read_only_paths=tuple(read_only),
-            gpu_device_ids=self.pre.gpu_device_ids if tool.image != "export" else (),
-            env=self.stage_env(tool),
-            stall_timeout_s=stall,
-        )
-        if not self.options.no_docker and self._docker_client is None:
-            from pipeline.host.docker_engine import connect  # Docker mode only: native needs no docker-py
-
-            self._docker_client = connect()
-        if cmd.gpu_device_ids and not self._gpu_probed:
-            self.probe_gpu(tool)
-        run_stage(cmd, native=self.options.no_docker, image_tag=tool.tag, console=self.ui.stream,
-                  docker_client=self._docker_client)
-
-    def stage_env(self, tool: Tool) -> dict[str, str]:
-        env = dict(self.options.stage_env)
-        if tool.image == "export":
-            env.update(self.options.export_env)
-            if not self.options.no_docker:
-                # The container's home is thrown away: keep Hugging Face downloads in the build
-                # directory (mounted read-write) so a rerun does not fetch the weights again.
-                env.setdefault("HF_HOME", str(self.layout.root / ".cache" / "huggingface"))
-        return env
-
-    def probe_gpu(self, tool: Tool) -> None:
-        """Once per build, before the first DFC stage on a GPU: a card that would hang the
-        optimizer is reported within the probe's timeout instead of hours later."""
-        devices = self.pre.gpu.get("devices") or [{}]
-        advice = next((v.get("advice", "") for v in self.pre.gpu.get("verdicts", [])
-                       if v.get("gpu", {}).get("uuid") == devices[0].get("uuid")), "")
-        probe = HangProbe(image=tool.image, gpu_device_ids=self.pre.gpu_device_ids,
-                          gpu_name=devices[0].get("name", "the GPU"), advice=advice,
-                          build_dir=self.layout.root, log_path=self.layout.logs / "gpu-hang-probe.log",
-                          timeout_s=self.options.hang_probe_timeout_s)
-        self.ui.running("gpu-hang-probe")
-        took = run_hang_probe(probe, native=self.options.no_docker, image_tag=tool.tag, console=self.ui.stream,
-                              docker_client=self._docker_client)
-        self.ui.done("gpu-hang-probe", took)
-        self._gpu_probed = True
-
-    def tool_identity(self, tool: Tool, *entry_modules: str) -> dict:
-        identity = dict(tool.identity)
-        if tool.tag is None:  # native: the code is this checkout
-            identity["code"] = code_fingerprint(entry_modules)
-        return identity
-
     # the stages ---------------------------------------------------------------------------------
 
     def export(self) -> dict:
@@ -184,24 +128,11 @@ class _Builder:
             files=files,
             params={"variant": spec.variant.name, "model": model if not files else "local folder",
                     "seconds": spec.seconds, "seq_len": spec.seq_len},
-            tool=self.tool_identity(tool, ExportConfig.MODULE),
+            tool=tool.identity_for(ExportConfig.MODULE),
         )
         self.stage("export", inputs, lambda: self.launch("export", tool, config, read_only),
-                   lambda: self._export_outputs(), context={"tool": tool.to_json()})
-        return self.read_export()
-
-    def read_export(self) -> dict:
-        return read_export_json(self.layout.export_dir)
-
-    def _export_outputs(self) -> list[Path]:
-        meta = self.read_export()
-        return [self.layout.export_json] + [self.layout.export_dir / name for name in sorted(meta.get("files", {}))]
-
-    def calib_needed(self) -> int:
-        return calibration_entries_needed(self.options, self.spec)
-
-    def calib_size(self) -> int:
-        return self.options.calib_size if self.options.calib_size is not None else self.calib_needed()
+                   lambda: export_outputs(lay), context={"tool": tool.to_json()})
+        return read_export_json(lay.export_dir)
 
     def audio_dir(self) -> Path:
         if self.options.calib_dir is not None:
@@ -218,14 +149,15 @@ class _Builder:
     def encoder_calib(self) -> None:
         lay, tool = self.layout, self.tools["export"]
         audio = self.audio_dir()
-        size, needed = self.calib_size(), self.calib_needed()
+        needed = calibration_entries_needed(self.options, self.spec)
+        size = self.options.calib_size if self.options.calib_size is not None else needed
         # min_entries: a set too small for the fine-tune fails here, not hours into optimize.
         config = EncoderSetConfig(audio_dir=audio, out=lay.encoder_calib, seconds=self.spec.seconds, size=size,
                                   min_entries=needed)
         inputs = StageInputs(
             files={f"audio/{p.relative_to(audio)}": p for p in audio_files(audio)},
             params={"seconds": self.spec.seconds, "size": size, "min_entries": needed},
-            tool=self.tool_identity(tool, "calib.__main__", "calib"),
+            tool=tool.identity_for("calib.__main__", "calib"),
         )
         read_only = [audio] if self.options.calib_dir is not None else []
         self.stage("encoder-calib", inputs, lambda: self.launch("encoder-calib", tool, config, read_only),
@@ -239,16 +171,13 @@ class _Builder:
         config = DecoderSetConfig(encoder_set=lay.encoder_calib, export_dir=lay.export_dir, out=lay.decoder_calib,
                                   size=size)
         inputs = StageInputs(
-            files={"encoder_calib": lay.encoder_calib, **self._export_files()},
+            files={"encoder_calib": lay.encoder_calib, **export_files(lay)},
             params={"size": size},
-            tool=self.tool_identity(tool, "calib.__main__", "calib"),
+            tool=tool.identity_for("calib.__main__", "calib"),
         )
         self.stage("decoder-calib", inputs, lambda: self.launch("decoder-calib", tool, config),
                    lambda: [p for p in (lay.decoder_calib, lay.decoder_calib_manifest) if p.exists()],
                    context={"tool": tool.to_json()})
-
-    def _export_files(self) -> dict[str, Path]:
-        return {f"export/{p.name}": p for p in self._export_outputs()}
 
     def _dfc_context(self) -> dict:
         return {"tool": self.tools["dfc"].to_json(), "gpu": dict(self.pre.gpu)}
@@ -260,7 +189,7 @@ class _Builder:
         inputs = StageInputs(
             files={"export.json": lay.export_json, "onnx": lay.export_dir / export[model]["onnx"]},
             params={"model": model, "arch": arch},
-            tool=self.tool_identity(tool, ParseConfig.MODULE),
+            tool=tool.identity_for(ParseConfig.MODULE),
         )
         self.stage(f"{model}-parse", inputs, lambda: self.launch(f"{model}-parse", tool, config),
                    lambda: [lay.har(model, net, "parse"), lay.dfc_result(model, "parse")], context=self._dfc_context())
@@ -278,7 +207,7 @@ class _Builder:
             files={"har": config.har, "calib": config.calib, "export.json": lay.export_json},
             params={"model": model, "arch": arch, "script_source": script.source},
             texts={"model_script": script.text},
-            tool=self.tool_identity(tool, OptimizeConfig.MODULE),
+            tool=tool.identity_for(OptimizeConfig.MODULE),
         )
         read_only = [script_path] if script_path else []
         self.stage(f"{model}-optimize", inputs, lambda: self.launch(f"{model}-optimize", tool, config, read_only),
@@ -293,35 +222,19 @@ class _Builder:
         inputs = StageInputs(
             files={"optimized_har": config.har},
             params={"arch": arch},
-            tool=self.tool_identity(tool, CompileConfig.MODULE),
+            tool=tool.identity_for(CompileConfig.MODULE),
         )
         self.stage(f"{model}-compile", inputs, lambda: self.launch(f"{model}-compile", tool, config),
                    lambda: [lay.hef(model, net), lay.har(model, net, "compile"), lay.dfc_result(model, "compile")],
                    context=self._dfc_context())
 
-    def dfc_results(self, export: dict) -> dict:
-        """{model: {"parse": {...}, "optimize": {...}, "compile": {...}}} from the stage JSONs."""
-        results = {}
-        for model in MODELS:
-            results[model] = {}
-            for step in ("parse", "optimize", "compile"):
-                path = self.layout.dfc_result(model, step)
-                try:
-                    results[model][step] = json.loads(path.read_text())
-                except (FileNotFoundError, ValueError):
-                    results[model][step] = {}
-        return results
-
-    def hef_paths(self, export: dict) -> dict[str, Path]:
-        return {m: self.layout.hef(m, export[m]["net_name"]) for m in MODELS}
-
     def bundle(self, export: dict, rehearsal: bool) -> None:
         lay = self.layout
-        results = self.dfc_results(export)
+        results = dfc_results(lay)
         dfc_version = dfc_version_of(results, self.pre.wheel_version, self.tools["dfc"].identity.get("dfc_version"))
-        hefs = self.hef_paths(export)
+        hefs = hef_paths(lay, export)
         inputs = StageInputs(
-            files={**{f"{m}.hef": p for m, p in hefs.items()}, **self._export_files()},
+            files={**{f"{m}.hef": p for m, p in hefs.items()}, **export_files(lay)},
             params={"format": BUNDLE_FORMAT, "variant": self.spec.variant.name, "arch": self.spec.arch.name,
                     "seconds": self.spec.seconds, "seq_len": self.spec.seq_len, "dfc_version": dfc_version,
                     "rehearsal": rehearsal},
@@ -344,9 +257,9 @@ class _Builder:
         def run() -> None:
             manifest = make_manifest(
                 build_dir=lay.root, spec=self.spec, options=self.options, export=export,
-                dfc_results=self.dfc_results(export), records={s: self.cache.load(s) for s in STAGE_ORDER},
+                dfc_results=dfc_results(lay), records={s: self.cache.load(s) for s in STAGE_ORDER},
                 tools={k: t.to_json() for k, t in self.tools.items()}, gpu=self.pre.gpu,
-                hefs=self.hef_paths(export), rehearsal=rehearsal, warnings=build_warnings,
+                hefs=hef_paths(lay, export), rehearsal=rehearsal, warnings=build_warnings,
                 repo_root=REPO_ROOT,
             )
             write_report(manifest, lay.manifest, lay.report)
@@ -359,7 +272,7 @@ def run_build(options: BuildOptions, *, console=None, doctor_probes=None) -> Bui
     started = time.monotonic()
     spec = options.spec
     layout = Layout(options.build_dir)
-    ui = _Console(console, options.stream_logs)
+    ui = BuildConsole(console, options.stream_logs)
     ui.rich.rule(f"whisper-hailo build: {spec.variant.name} {spec.seconds_tag} seq {spec.seq_len} → "
                  f"{spec.arch.name} in {layout.root}")
     pre = preflight(options, spec, layout, doctor_probes)
@@ -383,7 +296,7 @@ def run_build(options: BuildOptions, *, console=None, doctor_probes=None) -> Bui
             builder.optimize(model, export)
         for model in MODELS:
             builder.compile(model, export)
-        results = builder.dfc_results(export)
+        results = dfc_results(layout)
         rehearsal = is_rehearsal(results, pre.wheel_is_test_double, tools["dfc"].identity.get("dfc_version"))
         build_warnings = list(pre.warnings) + quality_warnings(export, results)
         builder.bundle(export, rehearsal)

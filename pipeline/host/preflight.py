@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional
 from pipeline.dfc import model_scripts
 from pipeline.errors import ToolchainError
 from pipeline.host.build_options import BuildOptions
+from pipeline.host.code_closure import code_fingerprint
 from pipeline.host.doctor import WARN, Probes, run_doctor
 from pipeline.host.stage_cache import files_under
 from pipeline.host.vendor import find_dfc_wheel
@@ -37,6 +38,14 @@ class Tool:
 
     def to_json(self) -> dict:
         return {"image": self.image, "tag": self.tag, **self.identity}
+
+    def identity_for(self, *entry_modules: str) -> dict:
+        """The identity a stage key records; natively the code is this checkout, so it adds the
+        fingerprint of the stage's modules (in Docker the image id covers the code)."""
+        identity = dict(self.identity)
+        if self.tag is None:
+            identity["code"] = code_fingerprint(entry_modules)
+        return identity
 
 
 def _native_dfc_identity(env: Mapping[str, str]) -> dict:
