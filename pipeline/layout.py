@@ -12,7 +12,7 @@ Stage code imports this module too, so it holds paths only (no host-side imports
       dfc/<model>/<net>.har, parse.json                 parse
       dfc/<model>/<net>_optimized.har, <net>.alls, optimize.json
       dfc/<model>/<net>.hef, <net>_compiled.har, compile.json
-      logs/, bundle/, manifest.json, report.md
+      logs/, bundle/, manifest.json, report.md, .cache/huggingface/ (Docker mode)
 """
 
 from __future__ import annotations
@@ -94,6 +94,11 @@ class Layout:
     def used_model_script(self, model: str, net_name: str) -> Path:
         """The .alls the optimize step used, saved beside its HAR."""
         return self.dfc_dir(model) / f"{net_name}.alls"
+
+    @property
+    def hf_cache(self) -> Path:
+        """HF_HOME for the export in a container, whose own home is thrown away after the stage."""
+        return self.root / ".cache" / "huggingface"
 
     @property
     def logs(self) -> Path:

@@ -15,6 +15,7 @@ def test_the_build_directory_tree():
     assert lay.dfc_result("decoder", "optimize") == Path("/b/dfc/decoder/optimize.json")
     assert lay.hef("encoder", "tiny_enc") == Path("/b/dfc/encoder/tiny_enc.hef")
     assert lay.used_model_script("encoder", "tiny_enc") == Path("/b/dfc/encoder/tiny_enc.alls")
+    assert lay.hf_cache == Path("/b/.cache/huggingface")
     assert (lay.logs, lay.bundle_dir, lay.manifest, lay.report) == (
         Path("/b/logs"), Path("/b/bundle"), Path("/b/manifest.json"), Path("/b/report.md"))
 

@@ -126,6 +126,7 @@ def make_manifest(
 ) -> dict:
     """The manifest as a dict (see the module docstring for where each part comes from)."""
     build_dir = Path(build_dir)
+    layout = Layout(build_dir)
     dfc_version = dfc_version_of(dfc_results, tools.get("dfc", {}).get("dfc_version"))
     hef_info = {}
     for model, path in hefs.items():
@@ -133,12 +134,12 @@ def make_manifest(
         reported = dfc_results.get(model, {}).get("compile", {}).get("hef_sha256")
         hef_info[model] = {
             "path": str(Path(path).relative_to(build_dir)),
-            "bundle_path": f"bundle/{Path(path).name}",
+            "bundle_path": str((layout.bundle_dir / Path(path).name).relative_to(build_dir)),
             "sha256": actual,
             "size_bytes": Path(path).stat().st_size,
             "matches_compile_json": reported == actual if reported else None,
         }
-    calib_manifest = Layout(build_dir).encoder_calib_manifest
+    calib_manifest = layout.encoder_calib_manifest
     calib_info = json.loads(calib_manifest.read_text()) if calib_manifest.exists() else None
     manifest = {
         "format": MANIFEST_FORMAT,

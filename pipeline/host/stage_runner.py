@@ -90,7 +90,7 @@ class StageRunner:
             if not self.options.no_docker:
                 # The container's home is thrown away: keep Hugging Face downloads in the build
                 # directory (mounted read-write) so a rerun does not fetch the weights again.
-                env.setdefault("HF_HOME", str(self.layout.root / ".cache" / "huggingface"))
+                env.setdefault("HF_HOME", str(self.layout.hf_cache))
         return env
 
     def probe_gpu(self, tool: Tool) -> None:
