@@ -19,6 +19,9 @@ fine-tune that runs out of data fails after hours of statistics collection).
 Caveat, known only to a machine with the DFC: the 16-bit layer names (`conv4`, ...) are the names
 the DFC gave hailo-whisper's graphs. Our export follows the same graph changes, but if the DFC
 numbers our layers differently, it rejects or silently skips a name; compare with the HAR's layers.
+
+About 470 lines: the recipe tables (about 100 lines of data), the .alls reader and the needs it
+derives belong together — the reader checks what the recipes write.
 """
 
 from __future__ import annotations

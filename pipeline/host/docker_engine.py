@@ -7,6 +7,9 @@ arguments), so `ensure_image`
 skips the build when an image with that tag exists. Stage containers get the host paths at the
 same absolute paths, the caller's uid:gid, the GPUs the gate chose and a label per stage; they
 are always removed, also on Ctrl-C and when the stall watchdog stops them.
+
+About 470 lines: the one module that imports docker-py (images and containers); splitting it
+would make two.
 """
 
 from __future__ import annotations
