@@ -47,7 +47,9 @@ def seed_exports(work: Path, base) -> dict:
     """{variant: build dir holding its export and export record} (not timed)."""
     from build_bench import make_random_model
 
-    from pipeline.host.build import BuildOptions, Preflight, run_cell_stage
+    from pipeline.host.build import run_cell_stage
+    from pipeline.host.build_options import BuildOptions
+    from pipeline.host.preflight import Preflight
 
     pre = Preflight(gpu_device_ids=(), gpu={"mode": "cpu"}, wheel_version=None, wheel_is_test_double=False,
                     warnings=())
@@ -72,7 +74,8 @@ def fresh_store(store: Path, seeds: dict) -> Path:
 def run_sequential(store: Path, base, seeds: dict) -> float:
     from rich.console import Console
 
-    from pipeline.host.build import BuildOptions, run_build
+    from pipeline.host.build import run_build
+    from pipeline.host.build_options import BuildOptions
     from pipeline.host.doctor import Probes
 
     probes = Probes(available_memory_bytes=lambda: 64 << 30)  # the shared machine's free memory is not measured here
@@ -139,7 +142,7 @@ def main(argv=None) -> int:
     from rich.console import Console
 
     from build_bench import make_speech
-    from pipeline.host.build import BuildOptions
+    from pipeline.host.build_options import BuildOptions
     from pipeline.host.matrix import MatrixOptions, run_matrix
     from pipeline.host.matrix_plan import Cell
 

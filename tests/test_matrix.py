@@ -27,7 +27,9 @@ from rich.console import Console  # noqa: E402
 from pipeline.errors import ToolchainError  # noqa: E402
 from pipeline.host import matrix  # noqa: E402
 from pipeline.host.doctor import Probes  # noqa: E402
-from pipeline.host.build import BuildOptions, Preflight, run_build, run_cell_stage  # noqa: E402
+from pipeline.host.build import run_build, run_cell_stage  # noqa: E402
+from pipeline.host.build_options import BuildOptions  # noqa: E402
+from pipeline.host.preflight import Preflight  # noqa: E402
 from pipeline.host.matrix import MatrixOptions, run_matrix, store_problem  # noqa: E402
 from pipeline.host.matrix_plan import Cell, NodeInfo, make_cells  # noqa: E402
 from pipeline.host.stage_cache import STAGE_ORDER  # noqa: E402

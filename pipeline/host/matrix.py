@@ -32,7 +32,9 @@ from typing import Any, Mapping, Optional
 
 from pipeline.errors import ToolchainError
 from pipeline.files import write_json_atomic
-from pipeline.host.build import BuildOptions, Preflight, run_cell_stage
+from pipeline.host.build import run_cell_stage
+from pipeline.host.build_options import BuildOptions
+from pipeline.host.preflight import Preflight
 from pipeline.host.build_lock import BuildLock
 from pipeline.host.matrix_plan import (ACCELERATOR_LABEL, ACCELERATOR_RESOURCE_PREFIX, MODELS, Cell, GpuPlacement,
                                        NodeInfo, cell_stages, needs_gpu, plan_gpus, stage_upstream)

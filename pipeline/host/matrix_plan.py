@@ -18,9 +18,8 @@ from typing import Mapping, Optional, Sequence
 from pipeline.errors import ToolchainError
 from pipeline.host.gpu import Gpu, Status, Verdict, judge
 from pipeline.host.stage_cache import STAGE_ORDER, UPSTREAM
-from pipeline.tables import ARCHS, VARIANTS, BuildSpec, get_arch, resolve_spec
+from pipeline.tables import ARCHS, MODELS, VARIANTS, BuildSpec, get_arch, resolve_spec
 
-MODELS = ("encoder", "decoder")
 ACCELERATOR_LABEL = "ray.io/accelerator-type"
 ACCELERATOR_RESOURCE_PREFIX = "accelerator_type:"
 
