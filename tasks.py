@@ -333,7 +333,7 @@ def build(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, seconds=None, seq_len=N
 
 
 @task(
-    iterable=["model_dir"],
+    iterable=["model_dir", "force"],
     auto_shortflags=False,
     help={
         "variants": "comma-separated Whisper variants, e.g. tiny,base",
@@ -355,12 +355,15 @@ def build(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, seconds=None, seq_len=N
         "vendor": "folder with your DFC wheels on every node (default vendor)",
         "max_retries": "reruns of a stage whose node died (default 2)",
         "no_hang_probe": "skip the GPU hang probe before each optimize",
+        "force": "rerun a stage (or group: calib, parse, optimize, compile, encoder, decoder, all) and what "
+                 "follows it in every cell (repeatable)",
     },
 )
 @_friendly_errors
 def matrix(c, variants="tiny", archs="hailo8l", models="encoder,decoder", address=None, store="build/matrix",
            seconds=None, seq_len=None, calib=None, calib_download=False, profile="full", model_script=None,
-           model_dir=None, cpu=False, no_docker=False, vendor="vendor", max_retries=2, no_hang_probe=False):
+           model_dir=None, cpu=False, no_docker=False, vendor="vendor", max_retries=2, no_hang_probe=False,
+           force=None):
     """Build many variant x arch cells at once on a Ray cluster; writes <store>/matrix-summary.{json,md}."""
     import os
     from pathlib import Path
@@ -377,7 +380,7 @@ def matrix(c, variants="tiny", archs="hailo8l", models="encoder,decoder", addres
         seq_len=int(seq_len) if seq_len is not None else None,
         calib_dir=Path(calib) if calib else None, calib_download=calib_download, profile=profile,
         model_script=Path(model_script) if model_script else None, cpu=cpu, no_docker=no_docker,
-        vendor_dir=Path(vendor),
+        vendor_dir=Path(vendor), force=tuple(force or ()),
         export_env={"HF_TOKEN": os.environ["HF_TOKEN"]} if os.environ.get("HF_TOKEN") else {},
     )
     options = MatrixOptions(

@@ -33,9 +33,10 @@ from typing import Any, Mapping, Optional
 from pipeline.errors import ToolchainError
 from pipeline.files import write_json_atomic
 from pipeline.host.build import run_cell_stage
+from pipeline.host.build_lock import BuildLock
 from pipeline.host.build_options import BuildOptions
 from pipeline.host.preflight import Preflight
-from pipeline.host.build_lock import BuildLock
+from pipeline.host.stage_cache import StageCache, resolve_force
 from pipeline.host.matrix_plan import (ACCELERATOR_LABEL, ACCELERATOR_RESOURCE_PREFIX, MODELS, Cell, GpuPlacement,
                                        NodeInfo, cell_stages, needs_gpu, plan_gpus, stage_upstream)
 from pipeline.host.matrix_summary import MatrixSummary, StageRun, summarize, write_summary
@@ -277,15 +278,18 @@ def run_matrix(options: MatrixOptions, *, console=None) -> MatrixResult:
                        if not placements[c.arch].allowed_types}
             if len(refused) == len(options.cells):
                 raise ToolchainError("No cell of the matrix can optimize on this cluster:\n"
-                                     + "\n".join(f"  - {cell}: {why}" for cell, why in refused.items()), "")
+                                     + "\n".join(f"  - {cell}: {why}" for cell, why in refused.items()),
+                                     "Add GPU nodes the gate supports, or pass --cpu.")
         check_store_visible(options.store, nodes)
         runnable = [c for c in options.cells if c.name not in refused]
         for name, why in refused.items():
             ui.print(f"[red]✗[/] {name}: refused before any work: {why}")
         stages = cell_stages(options.models)
         with contextlib.ExitStack() as locks:
+            forced = resolve_force(options.build.force)
             for cell in runnable:
                 locks.enter_context(BuildLock(options.store / cell.name, warn=lambda m: ui.print(f"[yellow]warning:[/] {m}")))
+                StageCache(options.store / cell.name).invalidate(forced)  # --force, as `invoke build` does
             runs, errors = _run_cells(options, runnable, stages, placements, nodes, ui)
         summary = summarize(options.cells, stages, runs, errors, refused, options.store,
                             started_at=started, finished_at=time.time())
