@@ -16,7 +16,7 @@ def test_limits_per_stage_kind_cover_the_seed_log_silences():
     assert default_stall_limit("decoder-optimize") == watchdog.OPTIMIZE_STALL_LIMIT_S > 13.5 * 60
     assert default_stall_limit("encoder-parse") == watchdog.PARSE_STALL_LIMIT_S
     assert default_stall_limit("export") == watchdog.EXPORT_STALL_LIMIT_S
-    assert default_stall_limit("dfc3-gpu-hang-probe") == watchdog.DEFAULT_STALL_LIMIT_S
+    assert default_stall_limit("dfc-cuda11-gpu-hang-probe") == watchdog.DEFAULT_STALL_LIMIT_S
 
 
 def _fired_counter():

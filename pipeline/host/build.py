@@ -32,7 +32,8 @@ from pipeline.host.build_lock import BuildLock
 from pipeline.host.code_closure import code_fingerprint
 from pipeline.errors import ToolchainError
 from pipeline.host.stage_cache import STAGE_ORDER, StageCache, StageInputs, StageRecord, files_under, resolve_force
-from pipeline.tables import BuildSpec, resolve_spec
+from pipeline.host.launcher import default_jit_cache_root
+from pipeline.tables import BuildSpec, image_for_dfc, resolve_spec
 
 PROFILES = ("full", "quick")
 MODELS = ("encoder", "decoder")
@@ -67,7 +68,8 @@ class BuildOptions:
     stall_timeouts: Mapping[str, float] = field(default_factory=dict)  # stage or kind -> seconds
     stage_env: Mapping[str, str] = field(default_factory=dict)  # extra environment for every stage
     export_env: Mapping[str, str] = field(default_factory=dict)  # export/calib only, e.g. HF_TOKEN
-    hang_probe_timeout_s: float = 120.0  # GPU hang probe before the first DFC stage on a GPU
+    hang_probe_timeout_s: float = 120.0  # GPU hang probe: no output and no JIT cache growth this long
+    jit_cache_dir: Optional[Path] = None  # CUDA JIT caches per image; None: default_jit_cache_root()
     stream_logs: bool = True  # stage output on the console too (always in logs/)
 
     def __post_init__(self):
@@ -182,7 +184,7 @@ class Layout:
 class Tool:
     """What runs a stage: an image (Docker) or this environment (native)."""
 
-    image: str  # "export" | "dfc3" | "dfc5"
+    image: str  # "export" | a DFC image target ("dfc-cuda11", "dfc-cuda12")
     tag: Optional[str]  # Docker image tag; None natively
     identity: Mapping[str, Any]  # goes into the stage keys
 
@@ -216,10 +218,11 @@ def _native_dfc_identity(env: Mapping[str, str]) -> dict:
 def resolve_tools(options: BuildOptions, spec: BuildSpec, wheel_version: Optional[str],
                   log_dir: Optional[Path] = None, console=None) -> dict[str, Tool]:
     """The export tool and the DFC tool; builds (or finds up to date) the images in Docker mode."""
-    dfc_image = spec.arch.image
     if options.no_docker:
         python = {"python": platform.python_version()}
         dfc = _native_dfc_identity(options.stage_env)
+        # the image whose GPU policy and JIT cache fit the DFC that runs (table: pipeline/dfc_images.py)
+        dfc_image = image_for_dfc(dfc["dfc_version"] or wheel_version or spec.arch.dfc.min_dfc_version).name
         return {
             "export": Tool("export", None, {"mode": "native", **python}),
             "dfc": Tool(dfc_image, None, {"mode": "native", **python, **dfc}),
@@ -227,13 +230,13 @@ def resolve_tools(options: BuildOptions, spec: BuildSpec, wheel_version: Optiona
     from pipeline.host.docker_engine import ensure_image  # host side only: native mode needs no docker-py
 
     tools = {}
-    for role, target in (("export", "export"), ("dfc", dfc_image)):
-        ref = ensure_image(target, base_image=options.base_image, wheelhouse=options.wheelhouse,
+    for role, kind in (("export", "export"), ("dfc", spec.arch.series)):
+        ref = ensure_image(kind, base_image=options.base_image, wheelhouse=options.wheelhouse,
                            vendor_dir=options.vendor_dir, log_dir=log_dir, console=console)
         identity = {"mode": "docker", "image_id": ref.id}
         if role == "dfc":
             identity["dfc_version"] = wheel_version
-        tools[role] = Tool(target, ref.tag, identity)
+        tools[role] = Tool(ref.target, ref.tag, identity)
     return tools
 
 
@@ -432,6 +435,7 @@ class _Builder:
             gpu_device_ids=self.pre.gpu_device_ids if tool.image != "export" else (),
             env=self.stage_env(tool),
             stall_timeout_s=stall,
+            jit_cache_dir=self.jit_cache_dir(tool),
         )
         if not self.options.no_docker and self._docker_client is None:
             from pipeline.host.docker_engine import connect
@@ -455,20 +459,28 @@ class _Builder:
     def probe_gpu(self, tool: Tool) -> None:
         """Once per build, before the first DFC stage on a GPU: a card that would hang the
         optimizer is reported within the probe's timeout instead of hours later."""
-        from pipeline.host.hang_probe import HangProbe, run_hang_probe
+        from pipeline.host.hang_probe import DEFAULT_PROBE_CEILING_S, HangProbe, run_hang_probe
 
         devices = self.pre.gpu.get("devices") or [{}]
-        advice = next((v.get("advice", "") for v in self.pre.gpu.get("verdicts", [])
-                       if v.get("gpu", {}).get("uuid") == devices[0].get("uuid")), "")
+        verdict = next((v for v in self.pre.gpu.get("verdicts", [])
+                        if v.get("gpu", {}).get("uuid") == devices[0].get("uuid")), {})
         probe = HangProbe(image=tool.image, gpu_device_ids=self.pre.gpu_device_ids,
-                          gpu_name=devices[0].get("name", "the GPU"), advice=advice,
+                          gpu_name=devices[0].get("name", "the GPU"), advice=verdict.get("advice", ""),
                           build_dir=self.layout.root, log_path=self.layout.logs / "gpu-hang-probe.log",
-                          timeout_s=self.options.hang_probe_timeout_s)
+                          timeout_s=self.options.hang_probe_timeout_s, jit_cache_dir=self.jit_cache_dir(tool),
+                          jit_expected=verdict.get("jit") or "",
+                          ceiling_s=verdict.get("jit_ceiling_s") or DEFAULT_PROBE_CEILING_S)
         self.ui.running("gpu-hang-probe")
         took = run_hang_probe(probe, native=self.options.no_docker, image_tag=tool.tag, console=self.ui.stream,
                               docker_client=self._docker_client)
         self.ui.done("gpu-hang-probe", took)
         self._gpu_probed = True
+
+    def jit_cache_dir(self, tool: Tool) -> Optional[Path]:
+        """The CUDA JIT cache the DFC stages of `tool` share (on the host, across builds)."""
+        if tool.image == "export":
+            return None
+        return (self.options.jit_cache_dir or default_jit_cache_root()) / tool.image
 
     def tool_identity(self, tool: Tool, *entry_modules: str) -> dict:
         identity = dict(tool.identity)

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 import tarfile
 import tempfile
 import threading
@@ -27,15 +28,18 @@ import docker
 import docker.errors
 from docker.types import DeviceRequest, Mount
 
-from pipeline.host.code_closure import STAGE_ENTRY_MODULES, module_closure
 from pipeline.errors import ToolchainError
+from pipeline.host.base_pins import LOCK_PATH, OVERRIDE, BasePin, lookup_pin, pin_base
+from pipeline.host.code_closure import STAGE_ENTRY_MODULES, module_closure
 from pipeline.host.stage_log import StageLog
-from pipeline.tables import IMAGES, UNKNOWN
-from pipeline.host.vendor import DEFAULT_VENDOR_DIR, DfcWheel, find_dfc_wheel
+from pipeline.host.vendor import DEFAULT_VENDOR_DIR, DfcWheel, find_dfc_wheel, list_dfc_wheels
 from pipeline.host.watchdog import StallWatchdog
+from pipeline.tables import IMAGES, SERIES, DfcRelease, dfc_major_minor, dfc_release
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TARGETS = ("export", "dfc3", "dfc5")
+TARGETS = ("export", *IMAGES)  # Dockerfile targets: export, dfc-cuda11, dfc-cuda12
+# What `invoke image --target` takes: export, or a DFC series whose wheel picks the target.
+KINDS = ("export", *SERIES)
 IMAGE_REPOSITORY = "whisper-hailo"  # tags: whisper-hailo:<target>-<16 hex of the inputs hash>
 
 # The export image is CPU only; its base is not in pipeline/tables.py (that table is about DFCs).
@@ -49,7 +53,8 @@ EXPORT_BASE_DIGEST = "sha256:528257d48c1da0dcecc2e725d1ae34498d60c965f1241e39cd6
 # this one, ...) stay out, so editing them neither rebuilds images nor reruns stages.
 CONTEXT_PATHS = ("Dockerfile", "docker")
 # pyproject.toml and README.md are not read by the build: left out so doc edits keep the tag.
-_SKIPPED_NAMES = ("__pycache__", ".pytest_cache")
+# docker/images.lock is read on the host only (the digest reaches the build as BASE_IMAGE).
+_SKIPPED_NAMES = ("__pycache__", ".pytest_cache", LOCK_PATH.name)
 _SKIPPED_SUFFIXES = (".pyc", ".pyo")
 
 LABEL_STAGE = "whisper-hailo.stage"
@@ -60,7 +65,6 @@ LABEL_INPUTS = "whisper-hailo.inputs"
 # later containers reuse it. 4 GiB instead of CUDA's 256 MiB default, which TF's kernels exceed.
 CUDA_CACHE_VOLUME = "whisper-hailo-cuda-cache"
 CUDA_CACHE_DIR = "/var/cache/whisper-hailo/cuda"
-CUDA_CACHE_MAXSIZE = 4 * 1024**3
 
 STOP_GRACE_S = 10  # SIGTERM -> SIGKILL when a container is stopped
 BUILD_LOG_TAIL_LINES = 25
@@ -70,6 +74,39 @@ BUILD_LOG_TAIL_LINES = 25
 class ImageRef:
     tag: str
     id: str
+    target: str = ""  # the Dockerfile target it was built from
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """What `invoke image` would build, decided without Docker: target, base, wheel."""
+
+    kind: str  # export | dfc3 | dfc5
+    target: str  # Dockerfile target
+    base: BasePin
+    wheel: Optional[DfcWheel]  # None for export, or for a --dfc-version dry run without the wheel
+    dfc_version: Optional[str]
+    release: Optional[DfcRelease]
+
+    def describe(self) -> str:
+        """The --dry-run answer."""
+        lines = [f"target      {self.target}"]
+        if self.release is not None:
+            image = IMAGES[self.target]
+            lines[0] += (f" (DFC {self.dfc_version}: DFC {self.release.versions} -> TensorFlow "
+                         f"{self.release.tensorflow}, Python {self.release.python}; image CUDA {image.cuda}, "
+                         f"cuDNN {image.cudnn}, Python {image.python})")
+        lines.append(f"base image  {self.base.tag}")
+        if self.base.source == OVERRIDE:
+            lines.append("digest      as given by --base-image")
+        elif self.base.digest:
+            lines.append(f"digest      {self.base.digest} (from {self.base.source})")
+        else:
+            lines.append("digest      not pinned: `invoke image` asks the registry on first use and records it "
+                         "in docker/images.lock (offline: pass --base-image)")
+        if self.kind != "export":
+            lines.append(f"DFC wheel   {self.wheel.path if self.wheel else 'none looked up (--dfc-version given)'}")
+        return "\n".join(lines)
 
 
 # --- connecting ------------------------------------------------------------------------------
@@ -113,31 +150,54 @@ def _first_line(text: str) -> str:
 # --- base images and tags --------------------------------------------------------------------
 
 
-def base_image_for(target: str, override: Optional[str] = None) -> str:
-    """The pinned base image reference for `target`; `override` (--base-image) wins.
+def plan_image(
+    kind: Optional[str],
+    *,
+    dfc_version: Optional[str] = None,
+    vendor_dir: Path = DEFAULT_VENDOR_DIR,
+    base_image: Optional[str] = None,
+    lock_path: Path = LOCK_PATH,
+    dfc_wheel_sha256: Optional[str] = None,
+) -> ImagePlan:
+    """Which Dockerfile target and base `kind` needs, without Docker or the network.
 
-    Refuses a DFC base whose digest is not pinned in pipeline/tables.py yet.
+    kind: "export", or the DFC series "dfc3"/"dfc5" (None: the series of `dfc_version`, else of
+    the only DFC major in vendor_dir). The
+    DFC target comes from the wheel's version in vendor_dir (or `dfc_version` when given, which
+    must then match the wheel if one is looked up) through the release table.
     """
-    _check_target(target)
-    if override:
-        return override
-    if target == "export":
-        return f"{EXPORT_BASE_IMAGE}@{EXPORT_BASE_DIGEST}"
-    image = IMAGES[target]
-    if image.base_image_digest == UNKNOWN or not image.base_image_digest.startswith("sha256:"):
-        raise ToolchainError(
-            f"The {target} base image {image.base_image} is not pinned by digest yet "
-            "(pipeline/tables.py IMAGES[...].base_image_digest is unknown).",
-            f"Pin it: `docker pull {image.base_image}` then `docker buildx imagetools inspect "
-            f"{image.base_image}` (the index digest) and set base_image_digest; or pass "
-            f"--base-image {image.base_image}@sha256:<digest> for this build (docker/README.md).",
-        )
-    return f"{image.base_image}@{image.base_image_digest}"
+    if kind is None and dfc_version is None:
+        majors = sorted({w.major for w in list_dfc_wheels(Path(vendor_dir))})
+        if len(majors) != 1:
+            found = f"DFC wheels of majors {', '.join(map(str, majors))}" if majors else "no DFC wheel"
+            raise ToolchainError(f"No image named, and {vendor_dir}/ holds {found}.",
+                                 f"Pass --target ({', '.join(KINDS)}) or --dfc-version.")
+        kind = f"dfc{majors[0]}"
+    if kind is None:
+        kind = f"dfc{dfc_major_minor(dfc_version)[0]}"
+    _check_kind(kind)
+    if kind == "export":
+        base = (BasePin(base_image, "", OVERRIDE) if base_image
+                else lookup_pin(EXPORT_BASE_IMAGE, EXPORT_BASE_DIGEST, lock_path, "pipeline/host/docker_engine.py"))
+        return ImagePlan("export", "export", base, None, None, None)
+    series = SERIES[kind]
+    wheel = None
+    if dfc_version is None:
+        wheel = find_dfc_wheel(series, Path(vendor_dir), dfc_wheel_sha256)
+        dfc_version = wheel.version
+    if dfc_major_minor(dfc_version)[0] != series.dfc_major:
+        raise ToolchainError(f"DFC {dfc_version} is not a {series.dfc_major}.x version, which {kind} needs.",
+                             f"Pass a {series.dfc_major}.x version or the matching --target.")
+    release = dfc_release(dfc_version)
+    image = IMAGES[release.image]
+    base = (BasePin(base_image, "", OVERRIDE) if base_image
+            else lookup_pin(image.base_image, image.base_image_digest, lock_path))
+    return ImagePlan(kind, image.name, base, wheel, dfc_version, release)
 
 
-def _check_target(target: str) -> None:
-    if target not in TARGETS:
-        raise ToolchainError(f"Unknown image target {target!r}.", f"Choose one of: {', '.join(TARGETS)}.")
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ToolchainError(f"Unknown image target {kind!r}.", f"Choose one of: {', '.join(KINDS)}.")
 
 
 def _context_files(repo_root: Path) -> list[tuple[Path, str]]:
@@ -153,7 +213,7 @@ def _context_files(repo_root: Path) -> list[tuple[Path, str]]:
         for dirpath, dirnames, filenames in os.walk(path):
             dirnames[:] = sorted(d for d in dirnames if d not in _SKIPPED_NAMES)
             for name in sorted(filenames):
-                if not name.endswith(_SKIPPED_SUFFIXES):
+                if not name.endswith(_SKIPPED_SUFFIXES) and name not in _SKIPPED_NAMES:
                     full = Path(dirpath) / name
                     files.append((full, full.relative_to(repo_root).as_posix()))
     return files
@@ -210,7 +270,7 @@ def image_tag(target: str, inputs_sha256: str) -> str:
 
 
 def ensure_image(
-    target: str,
+    kind: str,
     *,
     base_image: Optional[str] = None,
     wheelhouse: Optional[Path] = None,
@@ -220,35 +280,44 @@ def ensure_image(
     log_dir: Optional[Path] = None,
     console: Optional[TextIO] = None,
     client: Optional[docker.DockerClient] = None,
+    lock_path: Path = LOCK_PATH,
+    repin: bool = False,
 ) -> ImageRef:
-    """The image for `target` ("export", "dfc3", "dfc5"), built unless one with its content tag exists.
+    """The image for `kind` ("export", "dfc3", "dfc5"), built unless one with its content tag exists.
 
-    base_image: override the pinned base (e.g. a locally imported one); wheelhouse: a folder of
-    wheels for an offline build; vendor_dir: where the user's DFC wheel is (checked with
-    pipeline.host.vendor before anything is sent to Docker); dfc_wheel_sha256: expected hash, checked
-    on the host and again inside the build. The build log goes to <log_dir>/image-<target>.log
-    (default: <repo_root>/build/images).
+    A DFC kind builds the Dockerfile target the wheel's version needs (plan_image). base_image:
+    override the pinned base (e.g. a locally imported one); an unpinned base is pinned on first use
+    through the registry (base_pins.pin_base), `repin` asks again. wheelhouse: a folder of wheels
+    for an offline build; vendor_dir: where the user's DFC wheel is (checked before anything is
+    sent to Docker); dfc_wheel_sha256: expected hash, checked on the host and again inside the
+    build. The build log goes to <log_dir>/image-<target>.log (default: <repo_root>/build/images).
     """
-    _check_target(target)
-    base = base_image_for(target, base_image)
-    wheel = None
+    plan = plan_image(kind, vendor_dir=vendor_dir, base_image=base_image, lock_path=lock_path,
+                      dfc_wheel_sha256=dfc_wheel_sha256)
+    wheel = plan.wheel
     wheel_sha256 = ""
-    if target != "export":
-        wheel = find_dfc_wheel(IMAGES[target], Path(vendor_dir), dfc_wheel_sha256)
+    if wheel is not None:
         wheel_sha256 = dfc_wheel_sha256.lower() if dfc_wheel_sha256 else wheel.sha256()
     wheels = _wheelhouse_files(wheelhouse)
-    build_args = build_args_for(target, base, wheel, wheel_sha256)
-    digest = inputs_hash(target, build_args, repo_root, wheels)
-    tag = image_tag(target, digest)
+    base = plan.base
+    if base.source != OVERRIDE and (repin or not base.pinned):
+        client = client or connect()
+        table_digest = EXPORT_BASE_DIGEST if plan.target == "export" else IMAGES[plan.target].base_image_digest
+        base = pin_base(base.tag, table_digest, client_factory=lambda: client, lock_path=lock_path, repin=repin,
+                        console=console or sys.stderr)
+    build_args = build_args_for(plan.target, base.ref, wheel, wheel_sha256)
+    digest = inputs_hash(plan.target, build_args, repo_root, wheels)
+    tag = image_tag(plan.target, digest)
     client = client or connect()
     with contextlib.suppress(docker.errors.ImageNotFound):
-        return ImageRef(tag, client.images.get(tag).id)
-    log_path = Path(log_dir or repo_root / "build" / "images") / f"image-{target}.log"
+        return ImageRef(tag, client.images.get(tag).id, plan.target)
+    log_path = Path(log_dir or repo_root / "build" / "images") / f"image-{plan.target}.log"
     with tempfile.TemporaryFile(prefix="whisper-hailo-context-") as context:
         _write_context(context, repo_root, wheel, wheels)
         context.seek(0)
-        image_id = build_image(client, context, target, tag, build_args, {LABEL_INPUTS: digest}, log_path, console)
-    return ImageRef(tag, image_id)
+        image_id = build_image(client, context, plan.target, tag, build_args, {LABEL_INPUTS: digest}, log_path,
+                               console)
+    return ImageRef(tag, image_id, plan.target)
 
 
 def _write_context(fileobj, repo_root: Path, wheel: Optional[DfcWheel], wheels: list[Path]) -> None:
@@ -342,8 +411,11 @@ def _out_of_disk(doing: str) -> ToolchainError:
 # --- running stage containers ----------------------------------------------------------------
 
 
-def stage_mounts(build_dir: Path, read_only_paths: Iterable[Path], *, cuda_cache: bool) -> list[Mount]:
-    """Bind mounts at the same absolute paths (build dir rw, inputs ro), outer paths first."""
+def stage_mounts(build_dir: Path, read_only_paths: Iterable[Path], *, cuda_cache: bool,
+                 jit_cache_dir: Optional[Path] = None) -> list[Mount]:
+    """Bind mounts at the same absolute paths (build dir rw, inputs ro), outer paths first; with
+    cuda_cache the CUDA JIT cache at CUDA_CACHE_DIR: the host folder jit_cache_dir (its growth
+    is watched) or else the named volume."""
     build_dir = Path(build_dir).absolute()
     build_dir.mkdir(parents=True, exist_ok=True)  # else dockerd creates it, owned by root
     binds = {build_dir: False}
@@ -356,7 +428,9 @@ def stage_mounts(build_dir: Path, read_only_paths: Iterable[Path], *, cuda_cache
         Mount(target=str(p), source=str(p), type="bind", read_only=ro)
         for p, ro in sorted(binds.items(), key=lambda item: len(item[0].parts))
     ]
-    if cuda_cache:
+    if cuda_cache and jit_cache_dir is not None:
+        mounts.append(Mount(target=CUDA_CACHE_DIR, source=str(Path(jit_cache_dir).absolute()), type="bind"))
+    elif cuda_cache:
         mounts.append(Mount(target=CUDA_CACHE_DIR, source=CUDA_CACHE_VOLUME, type="volume"))
     return mounts
 
@@ -377,11 +451,11 @@ def run_stage_container(
 ) -> tuple[int, Optional[str]]:
     """Run a launcher.StageCommand in a container from `image_tag`; stream its output into `log`.
 
-    Returns (exit code, stopped) with stopped None, "stall" or "deadline". The container is
+    Returns (exit code, stopped, cache grew) with stopped None, "stall" or "deadline". The container is
     removed in every case (exit, error, watchdog stop, KeyboardInterrupt).
     user: "uid:gid" to run as; default the caller's own ids, so outputs are not root-owned.
     """
-    from pipeline.host.launcher import stage_environment  # launcher imports us lazily; no cycle at import
+    from pipeline.host.launcher import CUDA_CACHE_MAXSIZE, stage_environment, stage_watchdog  # no cycle at import
 
     client = client or connect()
     is_dfc = cmd.image != "export"
@@ -389,6 +463,10 @@ def run_stage_container(
     env.setdefault("HOME", "/tmp")  # the caller's uid has no home directory in the image
     if is_dfc:
         env.update(CUDA_CACHE_PATH=CUDA_CACHE_DIR, CUDA_CACHE_MAXSIZE=str(CUDA_CACHE_MAXSIZE))
+        if IMAGES[cmd.image].lazy_module_loading:
+            # Load (and JIT-compile) a kernel module when first used instead of all at context
+            # creation; CUDA >= 11.7. Effect on the DFC not measured (no DFC or TF on a GPU here).
+            env.setdefault("CUDA_MODULE_LOADING", "LAZY")
     labels = {LABEL_STAGE: cmd.name, LABEL_BUILD_DIR: str(cmd.build_dir)}
     name = f"whisper-hailo-{_safe_name(cmd.name)}-{uuid.uuid4().hex[:8]}"
     devices = gpu_requests(cmd.gpu_device_ids) if is_dfc else []
@@ -403,25 +481,26 @@ def run_stage_container(
             user=user or f"{os.getuid()}:{os.getgid()}",
             environment=env,
             labels=labels,
-            mounts=stage_mounts(cmd.build_dir, cmd.read_only_paths, cuda_cache=is_dfc),
+            mounts=stage_mounts(cmd.build_dir, cmd.read_only_paths, cuda_cache=is_dfc,
+                                jit_cache_dir=cmd.jit_cache_dir),
             device_requests=devices or None,
             working_dir=str(cmd.build_dir),
             init=True,  # docker-init forwards signals and reaps the DFC's worker processes
             detach=True,
         )
         container.start()
-        with StallWatchdog(cmd.stall_limit_s, lambda: _stop(container), deadline_s=deadline_s) as watchdog:
+        with stage_watchdog(cmd, lambda: _stop(container), log, deadline_s) as watchdog:
             reader = threading.Thread(target=_pump_logs, args=(container, log, watchdog), daemon=True)
             reader.start()
             while reader.is_alive():
                 reader.join(0.5)
             exit_code = int(container.wait()["StatusCode"])
         stopped = "deadline" if watchdog.timed_out else "stall" if watchdog.stalled else None
-        return exit_code, stopped
+        return exit_code, stopped, watchdog.grew
     except docker.errors.ImageNotFound:
         raise ToolchainError(
             f"Image {image_tag} is not on this machine.",
-            f"Build it: `invoke image --target {cmd.image}` (pipeline.host.docker_engine.ensure_image).",
+            "Build it: `invoke image --target dfc3|dfc5|export` (pipeline.host.docker_engine.ensure_image).",
         ) from None
     except docker.errors.APIError as err:
         raise _run_error(err, cmd) from None
