@@ -64,6 +64,10 @@ class HangProbe:
         return f"compiling GPU kernels for {self.gpu_name} once; later runs reuse them"
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 def run_hang_probe(
     probe: HangProbe,
     *,
@@ -91,7 +95,7 @@ def run_hang_probe(
     if probe.jit_expected and console is not None:
         console.write(f"[whisper-hailo] hang probe: {probe.gpu_name} has no native code in the {probe.image} "
                       f"image: {probe.jit_expected}; {probe.compiling_note}. Allowing up to "
-                      f"{probe.ceiling_s / 60:.0f} min while the GPU kernel cache grows.\n")
+                      f"{_duration(probe.ceiling_s)} while the GPU kernel cache grows.\n")
     run, stopped, tail = execute_stage(
         cmd, native=native, image_tag=image_tag, console=console,
         docker_client=docker_client, deadline_s=probe.ceiling_s,
@@ -108,7 +112,7 @@ def run_hang_probe(
         if run.cache_grew:
             raise ToolchainError(
                 f"{probe.gpu_name}: the GPU probe was still compiling GPU kernels (its cache kept growing) "
-                f"after {probe.ceiling_s / 60:.0f} min, the ceiling for the {probe.image} image. "
+                f"after {_duration(probe.ceiling_s)}, the ceiling for the {probe.image} image. "
                 f"Probe log: {probe.log_path}.",
                 "Run the build again: what was compiled stays in the cache, so the next start goes on "
                 "from there. Or use a card the image runs natively (`invoke gpu-check`).",
