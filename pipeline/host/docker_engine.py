@@ -348,7 +348,9 @@ def stage_mounts(build_dir: Path, read_only_paths: Iterable[Path], *, cuda_cache
         for p, ro in sorted(binds.items(), key=lambda item: len(item[0].parts))
     ]
     if cuda_cache and jit_cache_dir is not None:
-        mounts.append(Mount(target=CUDA_CACHE_DIR, source=str(Path(jit_cache_dir).absolute()), type="bind"))
+        jit_cache_dir = Path(jit_cache_dir).absolute()
+        jit_cache_dir.mkdir(parents=True, exist_ok=True)  # ours: else dockerd refuses or makes it root's
+        mounts.append(Mount(target=CUDA_CACHE_DIR, source=str(jit_cache_dir), type="bind"))
     elif cuda_cache:
         mounts.append(Mount(target=CUDA_CACHE_DIR, source=CUDA_CACHE_VOLUME, type="volume"))
     return mounts
