@@ -218,6 +218,32 @@ def test_gpu_request_without_nvidia_runtime_is_a_clear_error(tmp_path, docker_te
 
 @pytest.mark.docker
 @pytest.mark.slow
+def test_a_silent_container_probe_that_grows_the_host_jit_cache_is_not_stopped(tmp_path, docker_test_image):
+    import docker
+
+    # Prints nothing for 4 s while writing into CUDA_CACHE_PATH (the bind-mounted host folder), as a
+    # driver JIT-compiling PTX does; then reports what the container saw.
+    script = ("import os, time\n"
+              "cache = os.environ['CUDA_CACHE_PATH']\n"
+              "for i in range(16):\n"
+              "    open(os.path.join(cache, f'm{i}.bin'), 'wb').write(b'x' * 4096); time.sleep(0.25)\n"
+              "print('env', os.environ.get('CUDA_MODULE_LOADING'), os.environ['CUDA_CACHE_MAXSIZE'], cache, flush=True)\n")
+    jit = tmp_path / "jit"
+    probe = HangProbe(image="dfc-cuda11", gpu_device_ids=(), gpu_name="NVIDIA H100 80GB HBM3", advice="",
+                      build_dir=tmp_path / "b", log_path=tmp_path / "b" / "logs" / "probe.log",
+                      timeout_s=2, ceiling_s=120, argv=("python", "-c", script), jit_cache_dir=jit)
+    console = io.StringIO()
+    run_hang_probe(probe, native=False, image_tag=docker_test_image("dfc3").tag, console=console)
+    text = console.getvalue()
+    assert "compiling GPU kernels for NVIDIA H100 80GB HBM3 once; later runs reuse them" in text
+    assert f"env LAZY 4294967296 {docker_engine.CUDA_CACHE_DIR}" in text
+    written = sorted(jit.iterdir())
+    assert len(written) == 16 and all(p.stat().st_uid == os.getuid() for p in written)  # ours, not root's
+    assert stage_containers(docker.from_env(), "dfc-cuda11-gpu-hang-probe") == []
+
+
+@pytest.mark.docker
+@pytest.mark.slow
 def test_hang_probe_told_to_hang_times_out_and_removes_its_container(tmp_path, docker_test_image):
     import docker
 
