@@ -1,5 +1,6 @@
-"""pipeline.host.base_pins (+ docker_engine.ensure_image): base digests pinned on first use through a
-recorded registry answer, the lock file written atomically and reused, bad locks and silent registries."""
+"""pipeline.host.base_pins (+ docker_engine.registry_digest / ensure_image): base digests pinned on first
+use through a recorded registry answer, the lock file written atomically and reused, bad locks and
+silent registries."""
 
 import io
 import json
@@ -39,25 +40,32 @@ class FakeRegistryClient:
         self.images = FakeImages(answers)
 
 
-def factory(client):
-    return lambda: client
+def registry(answers):
+    """The lookup ensure_image passes in, over a fake docker-py client; `.asked` lists the tags."""
+    client = FakeRegistryClient(answers)
+
+    def resolve(tag):
+        return docker_engine.registry_digest(client, tag)
+
+    resolve.asked = client.images.asked
+    return resolve
 
 
-def never():
-    raise AssertionError("the registry must not be asked")
+def never(tag):
+    raise AssertionError(f"the registry must not be asked for {tag}")
 
 
 def test_first_use_pins_loudly_writes_the_lock_and_the_second_use_reuses_it(tmp_path, monkeypatch):
     lock = tmp_path / "docker" / "images.lock"
-    client = FakeRegistryClient({CUDA12: ANSWER})
+    resolve = registry({CUDA12: ANSWER})
     writes = []
     real_replace = os.replace
     monkeypatch.setattr(os, "replace", lambda src, dst: (writes.append((str(src), str(dst))), real_replace(src, dst)))
     console = io.StringIO()
 
-    pin = pin_base(CUDA12, "unknown", client_factory=factory(client), lock_path=lock, console=console)
+    pin = pin_base(CUDA12, "unknown", resolve=resolve, lock_path=lock, console=console)
     assert (pin.digest, pin.source, pin.ref) == (ANSWER, RESOLVED, f"{CUDA12}@{ANSWER}")
-    assert client.images.asked == [CUDA12]
+    assert resolve.asked == [CUDA12]
     assert f"*** PINNED base image {CUDA12} to {ANSWER}" in console.getvalue()
     assert "Commit that file" in console.getvalue()
     # written under a temporary name and renamed into place: never half-written
@@ -65,18 +73,18 @@ def test_first_use_pins_loudly_writes_the_lock_and_the_second_use_reuses_it(tmp_
     saved = json.loads(lock.read_text())
     assert saved["format"] == 1 and saved["bases"][CUDA12]["digest"] == ANSWER
 
-    again = pin_base(CUDA12, "unknown", client_factory=never, lock_path=lock, console=console)
+    again = pin_base(CUDA12, "unknown", resolve=never, lock_path=lock, console=console)
     assert (again.digest, again.source) == (ANSWER, LOCKED)
 
 
 def test_repin_asks_again_and_keeps_the_other_entries(tmp_path):
     lock = tmp_path / "images.lock"
-    pin_base(CUDA12, "unknown", client_factory=factory(FakeRegistryClient({CUDA12: ANSWER})), lock_path=lock)
-    pin_base("python:3.11-slim-bookworm", "unknown",
-             client_factory=factory(FakeRegistryClient({"python:3.11-slim-bookworm": ANSWER})), lock_path=lock)
+    pin_base(CUDA12, "unknown", resolve=registry({CUDA12: ANSWER}), lock_path=lock)
+    pin_base("python:3.11-slim-bookworm", "unknown", resolve=registry({"python:3.11-slim-bookworm": ANSWER}),
+             lock_path=lock)
     console = io.StringIO()
-    fresh = pin_base(CUDA12, "unknown", client_factory=factory(FakeRegistryClient({CUDA12: NEWER})),
-                     lock_path=lock, repin=True, console=console)
+    fresh = pin_base(CUDA12, "unknown", resolve=registry({CUDA12: NEWER}), lock_path=lock, repin=True,
+                     console=console)
     assert fresh.digest == NEWER and f"(was {ANSWER}, from docker/images.lock)" in console.getvalue()
     assert set(read_lock(lock)) == {CUDA12, "python:3.11-slim-bookworm"}
 
@@ -99,7 +107,7 @@ def test_a_malformed_lock_is_a_clear_error_and_is_left_alone(tmp_path, content, 
     lock = tmp_path / "images.lock"
     lock.write_text(content)
     with pytest.raises(ToolchainError) as err:
-        pin_base(CUDA12, "unknown", client_factory=never, lock_path=lock)
+        pin_base(CUDA12, "unknown", resolve=never, lock_path=lock)
     assert problem in err.value.problem and str(lock) in err.value.problem
     assert "invoke image --repin" in err.value.fix and "--base-image" in err.value.fix
     assert lock.read_text() == content
@@ -115,7 +123,7 @@ def test_a_malformed_lock_is_a_clear_error_and_is_left_alone(tmp_path, content, 
 def test_a_registry_that_does_not_answer_writes_nothing(tmp_path, answer, problem):
     lock = tmp_path / "images.lock"
     with pytest.raises(ToolchainError) as err:
-        pin_base(CUDA12, "unknown", client_factory=factory(FakeRegistryClient({CUDA12: answer})), lock_path=lock)
+        pin_base(CUDA12, "unknown", resolve=registry({CUDA12: answer}), lock_path=lock)
     assert err.value.problem.startswith(problem)
     assert "--base-image" in err.value.fix
     assert not lock.exists() and list(tmp_path.iterdir()) == []

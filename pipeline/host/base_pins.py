@@ -4,9 +4,10 @@ Every image starts FROM a registry tag (`nvidia/cuda:12.5.1-cudnn-runtime-ubuntu
 moves, a digest does not. The digest of a base comes from, in this order: `--base-image` (used as
 given, e.g. a locally loaded image on an offline host), the lock file (written by a previous
 pin), the digest quoted in pipeline/dfc_images.py where a public source gave one. When none has
-it, `invoke image` asks the registry through the Docker Engine (docker-py
-`images.get_registry_data(tag).id`, the index digest), records it in the lock file atomically,
-says so loudly, and every later build uses `tag@digest`. `invoke image --repin` asks again.
+it, `invoke image` asks the registry through the Docker Engine (docker_engine.registry_digest:
+docker-py `images.get_registry_data(tag).id`, the index digest), records it in the lock file
+atomically, says so loudly, and every later build uses `tag@digest`. `invoke image --repin` asks
+again. This module never talks to Docker itself: the caller passes the registry lookup in.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, TextIO
-
-import docker.errors
 
 from pipeline.errors import ToolchainError
 from pipeline.files import write_json_atomic
@@ -89,28 +88,6 @@ def lookup_pin(tag: str, table_digest: str, lock_path: Path = LOCK_PATH, table_s
     return BasePin(tag, "", UNPINNED)
 
 
-def resolve_digest(client, tag: str) -> str:
-    """The registry's digest for `tag` (the multi-arch index), through the Docker Engine."""
-    fix = (f"On a host without registry access pass --base-image with a local copy of {tag} "
-           "(`docker save` / `docker load`); or run `invoke image --repin` where the registry is reachable "
-           "and commit docker/images.lock.")
-    try:
-        digest = client.images.get_registry_data(tag).id
-    except docker.errors.NotFound as err:
-        raise ToolchainError(f"The registry does not know {tag} ({_first_line(err)}).",
-                             "Check the tag in pipeline/dfc_images.py, or pass --base-image.") from None
-    except (docker.errors.DockerException, OSError) as err:  # APIError, timeouts, connection errors
-        raise ToolchainError(f"The registry did not answer for {tag} ({_first_line(err)}).", fix) from None
-    if not isinstance(digest, str) or not DIGEST.match(digest):
-        raise ToolchainError(f"The registry answered {digest!r} for {tag}, which is not a sha256 digest.", fix)
-    return digest
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(getattr(err, "explanation", None) or err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
-
-
 def record_pin(tag: str, digest: str, lock_path: Path = LOCK_PATH) -> None:
     """Add or replace one entry; the file is replaced atomically, other entries kept."""
     bases = dict(read_lock(lock_path))
@@ -126,17 +103,21 @@ def pin_base(
     tag: str,
     table_digest: str,
     *,
-    client_factory: Callable[[], object],
+    resolve: Callable[[str], str],
     lock_path: Path = LOCK_PATH,
     repin: bool = False,
     console: Optional[TextIO] = None,
 ) -> BasePin:
     """The pinned base for `tag`; asks the registry (and records the answer) when nothing pins it
-    or `repin` is set. `client_factory` gives a docker-py client; it is only called when needed."""
+    or `repin` is set. `resolve(tag)` returns the registry's digest or raises ToolchainError; it is
+    only called when needed, and an answer that is not a sha256 digest is refused, not recorded."""
     known = lookup_pin(tag, table_digest, lock_path)
     if known.pinned and not repin:
         return known
-    digest = resolve_digest(client_factory(), tag)
+    digest = resolve(tag)
+    if not isinstance(digest, str) or not DIGEST.match(digest):
+        raise ToolchainError(f"The registry answered {digest!r} for {tag}, which is not a sha256 digest.",
+                             f"Retry with `invoke image --repin`; offline, pass --base-image with a local copy of {tag}.")
     record_pin(tag, digest, lock_path)
     was = f" (was {known.digest}, from {known.source})" if known.digest and known.digest != digest else ""
     if console is not None:

@@ -6,7 +6,11 @@ modules of pipeline/ and calib/, the DFC wheel's sha256, the wheelhouse listing,
 arguments), so `ensure_image`
 skips the build when an image with that tag exists. Stage containers get the host paths at the
 same absolute paths, the caller's uid:gid, the GPUs the gate chose and a label per stage; they
-are always removed, also on Ctrl-C and when the stall watchdog stops them.
+are always removed, also on Ctrl-C and when the stall watchdog stops them. Which target and base
+an image build uses is decided without Docker in pipeline/host/image_plan.py.
+
+About 470 lines: the one module that imports docker-py (images and containers); splitting it
+would make two.
 """
 
 from __future__ import annotations
@@ -31,20 +35,20 @@ from docker.types import DeviceRequest, Mount
 from pipeline.errors import ToolchainError
 from pipeline.host.base_pins import LOCK_PATH, OVERRIDE, pin_base
 from pipeline.host.code_closure import STAGE_ENTRY_MODULES, module_closure
+from pipeline.host.stage_command import CUDA_CACHE_MAXSIZE, StageCommand, stage_environment, stage_watchdog
 from pipeline.host.stage_log import StageLog
 from pipeline.host.image_plan import (  # noqa: F401  (re-exported: callers plan through this module)
     EXPORT_BASE_DIGEST,
     EXPORT_BASE_IMAGE,
     KINDS,
-    TARGETS,
     ImagePlan,
     plan_image,
 )
 from pipeline.host.vendor import DEFAULT_VENDOR_DIR, DfcWheel
-from pipeline.host.watchdog import StallWatchdog
+from pipeline.host.watchdog import STOP_GRACE_S, StallWatchdog
+from pipeline.layout import REPO_ROOT
 from pipeline.tables import IMAGES
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_REPOSITORY = "whisper-hailo"  # tags: whisper-hailo:<target>-<16 hex of the inputs hash>
 
 # What goes into the build context besides the wheel and the wheelhouse (see the Dockerfile):
@@ -67,7 +71,6 @@ LABEL_INPUTS = "whisper-hailo.inputs"
 CUDA_CACHE_VOLUME = "whisper-hailo-cuda-cache"
 CUDA_CACHE_DIR = "/var/cache/whisper-hailo/cuda"
 
-STOP_GRACE_S = 10  # SIGTERM -> SIGKILL when a container is stopped
 BUILD_LOG_TAIL_LINES = 25
 
 
@@ -79,6 +82,11 @@ class ImageRef:
 
 
 # --- connecting ------------------------------------------------------------------------------
+
+
+def client_from_env(timeout_s: float) -> docker.DockerClient:
+    """A docker-py client for DOCKER_HOST or the default socket, not pinged yet (the doctor probes it)."""
+    return docker.from_env(timeout=timeout_s)
 
 
 def connect(base_url: Optional[str] = None) -> docker.DockerClient:
@@ -94,6 +102,21 @@ def connect(base_url: Optional[str] = None) -> docker.DockerClient:
         raise explain_connection_error(err, base_url or os.environ.get("DOCKER_HOST", "")) from None
     except OSError as err:
         raise explain_connection_error(err, base_url or "") from None
+
+
+def registry_digest(client: docker.DockerClient, tag: str) -> str:
+    """The registry's digest for `tag` (its multi-arch index), asked through the Docker Engine."""
+    fix = (f"On a host without registry access pass --base-image with a local copy of {tag} "
+           "(`docker save` / `docker load`); or run `invoke image --repin` where the registry is reachable "
+           "and commit docker/images.lock.")
+    try:
+        return client.images.get_registry_data(tag).id
+    except docker.errors.NotFound as err:
+        raise ToolchainError(f"The registry does not know {tag} ({_first_line(str(err.explanation or err))}).",
+                             "Check the tag in pipeline/dfc_images.py, or pass --base-image.") from None
+    except (docker.errors.DockerException, OSError) as err:  # APIError, timeouts, connection errors
+        text = str(getattr(err, "explanation", None) or err)
+        raise ToolchainError(f"The registry did not answer for {tag} ({_first_line(text)}).", fix) from None
 
 
 def explain_connection_error(err: BaseException, where: str) -> ToolchainError:
@@ -222,8 +245,8 @@ def ensure_image(
     if base.source != OVERRIDE and (repin or not base.pinned):
         client = client or connect()
         table_digest = EXPORT_BASE_DIGEST if plan.target == "export" else IMAGES[plan.target].base_image_digest
-        base = pin_base(base.tag, table_digest, client_factory=lambda: client, lock_path=lock_path, repin=repin,
-                        console=console or sys.stderr)
+        base = pin_base(base.tag, table_digest, resolve=lambda tag: registry_digest(client, tag),
+                        lock_path=lock_path, repin=repin, console=console or sys.stderr)
     build_args = build_args_for(plan.target, base.ref, wheel, wheel_sha256)
     digest = inputs_hash(plan.target, build_args, repo_root, wheels)
     tag = image_tag(plan.target, digest)
@@ -362,22 +385,20 @@ def gpu_requests(device_ids: Iterable[str]) -> list[DeviceRequest]:
 
 
 def run_stage_container(
-    cmd,
+    cmd: StageCommand,
     image_tag: str,
     log: StageLog,
     *,
     client: Optional[docker.DockerClient] = None,
     deadline_s: Optional[float] = None,
     user: Optional[str] = None,
-) -> tuple[int, Optional[str]]:
-    """Run a launcher.StageCommand in a container from `image_tag`; stream its output into `log`.
+) -> tuple[int, Optional[str], bool]:
+    """Run a StageCommand in a container from `image_tag`; stream its output into `log`.
 
     Returns (exit code, stopped, cache grew) with stopped None, "stall" or "deadline". The container is
     removed in every case (exit, error, watchdog stop, KeyboardInterrupt).
     user: "uid:gid" to run as; default the caller's own ids, so outputs are not root-owned.
     """
-    from pipeline.host.launcher import CUDA_CACHE_MAXSIZE, stage_environment, stage_watchdog  # no cycle at import
-
     client = client or connect()
     is_dfc = cmd.image != "export"
     env = stage_environment(cmd)

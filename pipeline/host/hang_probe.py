@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from pipeline.errors import ToolchainError
-from pipeline.host.launcher import StageCommand, execute_stage
+from pipeline.host.launcher import execute_stage
+from pipeline.host.stage_command import StageCommand
 
 # TF start-up on a card with native code takes tens of seconds; two minutes with no output and
 # no JIT cache growth means something is wrong.

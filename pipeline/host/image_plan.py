@@ -15,7 +15,7 @@ from pipeline.host.base_pins import LOCK_PATH, OVERRIDE, BasePin, lookup_pin
 from pipeline.host.vendor import DEFAULT_VENDOR_DIR, DfcWheel, find_dfc_wheel, list_dfc_wheels
 from pipeline.tables import IMAGES, SERIES, DfcRelease, dfc_major_minor, dfc_release
 
-TARGETS = ("export", *IMAGES)  # Dockerfile targets: export, dfc-cuda11, dfc-cuda12
+# Dockerfile targets are tables.STAGE_IMAGES (export, dfc-cuda11, dfc-cuda12).
 # What `invoke image --target` takes: export, or a DFC series whose wheel picks the target.
 KINDS = ("export", *SERIES)
 
