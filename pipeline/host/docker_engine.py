@@ -9,8 +9,8 @@ same absolute paths, the caller's uid:gid, the GPUs the gate chose and a label p
 are always removed, also on Ctrl-C and when the stall watchdog stops them. Which target and base
 an image build uses is decided without Docker in pipeline/host/image_plan.py.
 
-About 470 lines: the one module that imports docker-py (images and containers); splitting it
-would make two.
+About 490 lines: the one module that imports docker-py (images, containers, the registry lookup);
+splitting it would make two.
 """
 
 from __future__ import annotations
