@@ -177,7 +177,8 @@ class DfcRelease:
 
 _MZ = "hailo-ai/hailo_model_zoo"
 _SRC_TF212 = (
-    f"{_MZ} README.rst badges at DFC 3.26.0 and 3.31.0: Python 3.8-3.10, TensorFlow 2.12.0, CUDA 11.8",
+    "Model Zoo README.rst badges as found in copies at DFC 3.26.0 and (a fork's) 3.31.0: Python 3.8-3.10, "
+    "TensorFlow 2.12.0, CUDA 11.8",
     "Hailo DFC 3.29 install guide as quoted by github.com/8ehemoth/Hailo_tutorial: driver 525, CUDA 11.8, cuDNN 8.9",
 )
 _SRC_TF218 = (
