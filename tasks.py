@@ -114,6 +114,16 @@ def export(c, variant="tiny", seconds=None, seq_len=None, model=None, out=None, 
     print(f"export written to {result.export_json.parent}")
 
 
+@task(name="graph-check", help={"onnx": "an exported .onnx file", "json": "print the report as JSON"})
+def graph_check(c, onnx, json=False):
+    """Check an ONNX graph against the DFC graph rules (pipeline/export/GRAPH_RULES.md); exit 0 conforms, 1 not."""
+    from pipeline.export.graph_check import main
+
+    code = main([onnx] + (["--json"] if json else []))
+    if code:
+        raise Exit(code=code)
+
+
 # --- calibration (calib/) ----------------------------------------------------------------------
 
 
