@@ -82,16 +82,30 @@ def test_encoder_parse_optimize_compile(dfc_double, tiny_export_dir, meta, calib
     assert optimized["calib_entries"] == ENTRIES and optimized["profile"] == "quick"
     assert list(optimized["snr_db"]) == [f"{net}/output_layer1"]
     assert isinstance(optimized["snr_db"][f"{net}/output_layer1"], float)
-    expected_script = resolve_model_script("tiny", ARCH, "encoder", "quick", noise_analysis=True).text
-    assert (out / f"{net}.alls").read_text() == expected_script
+    generated = resolve_model_script("tiny", ARCH, "encoder", "quick", noise_analysis=True).text
+    written = (out / f"{net}.alls").read_text()
+    # hailo-whisper's conv4 (block 0 attention output) is our conv6: q, k, v stay three convs here
+    assert "quantization_param(conv4, precision_mode=a16_w16)" in generated
+    assert "quantization_param(conv6, precision_mode=a16_w16)  # encoder block 0: self-attention output " \
+           "projection (hailo-whisper conv4)" in written
     assert optimized["model_script_sha256"] == sha256_file(out / f"{net}.alls")
+    assert {"reference": "conv4", "role": "encoder block 0: self-attention output projection",
+            "layers": ["conv6"]} in optimized["layer_roles"]
+    layers = json.loads((out / f"{net}.layers.json").read_text())
+    assert f"{net}/conv6" in layers["har_layers"] and layers["roles"] == optimized["layer_roles"]
+    assert (out / "optimize-work").is_dir()  # optimize(work_dir=...) inside the output folder
     stats = [e for e in optimized["timeline"] if e["name"] == "Statistics Collector"][0]
     assert stats["details"]["calibration_entries"] == ENTRIES and stats["duration_s"] is not None
 
-    compiled = run_compile(CompileConfig(out / f"{net}_optimized.har", ARCH, out))
+    compiled = run_compile(CompileConfig(out / f"{net}_optimized.har", ARCH, out, model_script=out / f"{net}.alls"))
     hef = out / f"{net}.hef"
     assert compiled["hef"] == str(hef) and compiled["hef_sha256"] == sha256_file(hef)
     assert hef.read_bytes().startswith(HEF_MAGIC)
+    # the double keeps no script in the HAR: these compile-time commands reached compile() only
+    # because compile loaded the script again
+    header = json.loads(hef.read_bytes().split(b"\n", 1)[1])
+    assert header["compile_commands"] == ["performance_param(optimize_for_batch=1)"]
+    assert compiled["model_script_sha256"] == sha256_file(out / f"{net}.alls")
     assert isinstance(compiled["contexts"], int) and compiled["contexts"] >= 1
     assert (out / f"{net}_compiled.har").is_file() and (out / "compile.json").is_file()
     assert _no_partial_files(out)

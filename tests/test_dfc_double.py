@@ -168,7 +168,9 @@ def test_outputs_say_not_deployable_and_reload(client, tiny_export_dir, meta, tm
     with tarfile.open(har) as tar:
         assert "NOT DEPLOYABLE" in tar.extractfile("NOT_DEPLOYABLE.txt").read().decode()
     resumed = client.ClientRunner(hw_arch="hailo8l", har=str(har))
-    assert resumed.state == client.States.QUANTIZED_MODEL and "checker_cfg" in resumed.model_script
+    # like the Model Zoo assumes of the DFC, the script is not in the HAR: compile must load it again
+    assert resumed.state == client.States.QUANTIZED_MODEL and resumed.model_script == ""
+    assert "model_script" not in json.loads(tarfile.open(har).extractfile("double_state.json").read())
     hef = resumed.compile()
     assert hef.startswith(b"DFC-TEST-DOUBLE-HEF-PLACEHOLDER NOT DEPLOYABLE")
     assert json.loads(hef.split(b"\n", 1)[1])["hw_arch"] == "hailo8l"

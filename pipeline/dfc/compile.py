@@ -1,6 +1,6 @@
 """Compile stage: an optimized HAR -> the HEF the Hailo device runs (DFC container).
 
-    python -m pipeline.dfc.compile --har FILE --arch ARCH --out-dir DIR [--log FILE]
+    python -m pipeline.dfc.compile --har FILE --arch ARCH --out-dir DIR [--model-script ALLS] [--log FILE]
     -> <out-dir>/<net>.hef (written atomically), <out-dir>/<net>_compiled.har, <out-dir>/compile.json
 
 A .hef left from an earlier run is removed before compiling, so after a failed or interrupted
@@ -27,11 +27,13 @@ class CompileConfig:
     arch: str
     out_dir: Path
     log: Optional[Path] = None
+    model_script: Optional[Path] = None  # the resolved <net>.alls from optimize, loaded before compile()
 
 
 def run_compile(config: CompileConfig) -> dict:
     return dfc.run_stage("compile", config.out_dir,
-                         lambda: dfc.compile_har(config.har, config.arch, config.out_dir), config.log)
+                         lambda: dfc.compile_har(config.har, config.arch, config.out_dir, config.model_script),
+                         config.log)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the optimized HAR written by pipeline.dfc.optimize (<net>_optimized.har)")
     parser.add_argument("--arch", required=True, choices=list(ARCHS))
     parser.add_argument("--out-dir", type=Path, required=True)
+    parser.add_argument("--model-script", type=Path, default=None,
+                        help="the <net>.alls optimize wrote: loaded before compile() (its performance and "
+                        "resource commands are not kept in the HAR)")
     parser.add_argument("--log", type=Path, default=None,
                         help="read the timeline from this DFC log instead of capturing the console "
                         "into <out-dir>/compile-dfc.log")
@@ -52,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    return dfc.cli_main(build_parser(), lambda a: run_compile(CompileConfig(a.har, a.arch, a.out_dir, a.log)), argv)
+    return dfc.cli_main(build_parser(), lambda a: run_compile(
+        CompileConfig(a.har, a.arch, a.out_dir, a.log, a.model_script)), argv)
 
 
 if __name__ == "__main__":
@@ -74,5 +80,5 @@ def compile_build(build_dir: Path, arch: str, models=("encoder", "decoder")) -> 
             raise ToolchainError(f"{har} or {out / 'optimize.json'} is missing: the {model} is not "
                                  "optimized (or its last optimize failed).",
                                  f"Run `invoke optimize --model {model}` first.")
-        results[model] = run_compile(CompileConfig(har, arch, out))
+        results[model] = run_compile(CompileConfig(har, arch, out, model_script=out / f"{network.net_name}.alls"))
     return results

@@ -601,7 +601,8 @@ class _Builder:
         )
         read_only = [script_path] if script_path else []
         self.stage(f"{model}-optimize", inputs, lambda: self.launch(f"{model}-optimize", tool, argv, read_only),
-                   lambda: [out / f"{net}_optimized.har", out / "optimize.json", out / f"{net}.alls"],
+                   lambda: [out / f"{net}_optimized.har", out / "optimize.json", out / f"{net}.alls",
+                            out / f"{net}.layers.json"],
                    context=self._dfc_context())
 
     def compile(self, model: str, export: dict) -> None:
@@ -609,9 +610,9 @@ class _Builder:
         out = lay.dfc_dir(model)
         net = export[model]["net_name"]
         argv = ["python", "-m", "pipeline.dfc.compile", "--har", str(out / f"{net}_optimized.har"), "--arch", arch,
-                "--out-dir", str(out)]
+                "--out-dir", str(out), "--model-script", str(out / f"{net}.alls")]
         inputs = StageInputs(
-            files={"optimized_har": out / f"{net}_optimized.har"},
+            files={"optimized_har": out / f"{net}_optimized.har", "model_script": out / f"{net}.alls"},
             params={"arch": arch},
             tool=self.tool_identity(tool, "pipeline.dfc.compile"),
         )
