@@ -456,3 +456,38 @@ def test_failed_optimize_leaves_no_optimized_har_from_an_earlier_run(optimized_e
         _optimize(tiny_export_dir, "encoder", out, calib["encoder"])
     assert not (out / f"{net}_optimized.har").exists() and not (out / "optimize.json").exists()
     assert (out / f"{net}.har").is_file()  # the input is kept: optimize can be resumed from it
+
+
+@pytest.mark.slow
+def test_a_model_script_naming_unknown_layers_stops_before_optimize(dfc_double, tiny_export_dir, meta, calib,
+                                                                   tmp_path):
+    net = meta["encoder"]["net_name"]
+    _parse(tiny_export_dir, "encoder", tmp_path)
+    script = tmp_path / "mine.alls"
+    script.write_text("model_optimization_config(calibration, calibset_size=8)\n"
+                      "quantization_param(conv77, precision_mode=a16_w16)\n")
+    with pytest.raises(ToolchainError, match=r"names layers the parsed HAR does not have: line 2: 'conv77' "
+                                             r"\(nearest: conv7"):
+        _optimize(tiny_export_dir, "encoder", tmp_path, calib["encoder"], model_script=script)
+    # nothing that looks done, and the optimizer never started (no stats in a log, no work dir)
+    assert not (tmp_path / "optimize.json").exists() and not (tmp_path / f"{net}_optimized.har").exists()
+    assert not (tmp_path / f"{net}.alls").exists() and not (tmp_path / "optimize-work").exists()
+    assert "Starting Model Optimization" not in (tmp_path / "optimize-dfc.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_har_of_another_network_is_refused_before_optimize(dfc_double, tiny_export_dir, meta, calib, tmp_path):
+    dnet = meta["decoder"]["net_name"]
+    _parse(tiny_export_dir, "decoder", tmp_path)
+    with pytest.raises(ToolchainError, match=f"holds the network '{dnet}', but export.json's encoder is"):
+        run_optimize(OptimizeConfig(har=tmp_path / f"{dnet}.har", model="encoder", export_dir=tiny_export_dir,
+                                    calib=calib["encoder"], arch=ARCH, out_dir=tmp_path, profile="quick"))
+    assert not (tmp_path / "optimize.json").exists()
+
+
+def test_compile_refuses_a_missing_model_script_before_the_dfc(dfc_double, tmp_path):
+    har = tmp_path / "net_optimized.har"
+    har.write_bytes(b"x")
+    with pytest.raises(ToolchainError, match="Model script .*missing.alls does not exist"):
+        run_compile(CompileConfig(har, ARCH, tmp_path, model_script=tmp_path / "missing.alls"))
+    assert not (tmp_path / "compile.json").exists()

@@ -91,11 +91,10 @@ def layer_type(node, constants, bias_of_linear):
 
 def build_layers(kept, net_name, start_nodes, start_tensors, constants, ranks, activations):
     """HN layers {"<net>/<type><n>": {"type", "original_names"}} for the kept nodes (topological)."""
+    for node in (n for n in kept if n.op_type == "Gemm"):
+        _fail(node, "Gemm (a Linear on rank-2 tensors) is not supported; keep Linear layers as "
+              "MatMul + Add on [batch, positions, channels]", [p for p in node.input if p not in constants][:1])
     for node in kept:
-        if node.op_type == "Gemm":
-            _fail(node, "Gemm (a Linear on rank-2 tensors) is not supported; keep Linear layers as "
-                  "MatMul + Add on [batch, positions, channels]",
-                  [p for p in node.input if p not in constants][:1])
         low = [t for t in node.output if t in activations and 0 < ranks.get(t, 4) < 3]
         if low:
             _fail(node, f"output {low[0]} has rank {ranks[low[0]]}; the parser needs 3-D or 4-D tensors",
