@@ -160,6 +160,11 @@ def _runner(arch: str, har: Optional[Path] = None):
         ) from err
 
 
+def load_hn(arch: str, har: Path) -> dict:
+    """The network description (HN) of a saved HAR."""
+    return _hn(_runner(arch, har))
+
+
 def _hn(runner) -> dict:
     hn = runner.get_hn()
     return json.loads(hn) if isinstance(hn, (str, bytes)) else dict(hn)
