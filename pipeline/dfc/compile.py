@@ -4,8 +4,10 @@
     -> <out-dir>/<net>.hef (written atomically), <out-dir>/<net>_compiled.har, <out-dir>/compile.json
 
 A .hef left from an earlier run is removed before compiling, so after a failed or interrupted
-compile there is no .hef at all. compile.json: {"stage": "compile", "ok": true, "dfc_version",
-"arch", "net_name", "har_in", "har_in_sha256", "hef", "hef_sha256", "hef_bytes", "compiled_har",
+compile there is no .hef at all. The model script optimize wrote is loaded again before compile()
+(--model-script; the Model Zoo does the same): its compile-time commands need not be in the HAR.
+compile.json: {"stage": "compile", "ok": true, "dfc_version",
+"arch", "net_name", "har_in", "har_in_sha256", "hef", "hef_sha256", "hef_bytes", "model_script", "model_script_sha256", "compiled_har",
 "compiled_har_sha256", "contexts", "duration_s", "timeline", "summary", "log"}.
 """
 
