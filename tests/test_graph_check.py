@@ -152,3 +152,19 @@ def test_the_export_records_the_check_in_export_json(tiny_export_dir):
         check = meta[model]["graph_check"]
         assert check["ok"] is True and "Gemm" not in check["op_histogram"]
         assert check["opset"] == 17
+
+
+def test_an_export_whose_graph_breaks_the_rules_fails_naming_the_node_and_writes_nothing_done(
+        random_whisper_dir, tmp_path, monkeypatch):
+    import onnxslim
+
+    from pipeline.export.export import ExportConfig, export_whisper
+
+    default_slim = onnxslim.slim
+    monkeypatch.setattr(onnxslim, "slim", lambda model, **kwargs: default_slim(model))  # FusionGemm back on
+    spec = resolve_spec("tiny", "hailo8l", 1, 8)
+    with pytest.raises(ToolchainError, match=r"(?s)The encoder graph .* breaks the DFC graph rules:.*\(Gemm\)") as err:
+        export_whisper(ExportConfig(spec=spec, out_dir=tmp_path, model=str(random_whisper_dir("tiny")),
+                                    allow_download=False))
+    assert "skip_fusion_patterns" in err.value.fix
+    assert not (tmp_path / "export.json").exists() and not list(tmp_path.glob("*.onnx"))

@@ -48,7 +48,7 @@ def _fail(node, why, recommendation):
         f"Please try to parse the model again, using these end node names: {recommendation}")
 
 
-def _gelu_nodes(kept, consumers, constants):
+def _gelu_nodes(kept, consumers):
     """{node name: producer of the GELU input} for the nodes of each erf GELU pattern."""
     folded = {}
     for erf in (n for n in kept if n.op_type == "Erf"):
@@ -89,7 +89,7 @@ def layer_type(node, constants, bias_of_linear):
     return op.lower()
 
 
-def build_layers(kept, net_name, start_nodes, start_tensors, constants, ranks, activations):
+def build_layers(kept, net_name, start_nodes, constants, ranks, activations):
     """HN layers {"<net>/<type><n>": {"type", "original_names"}} for the kept nodes (topological)."""
     for node in (n for n in kept if n.op_type == "Gemm"):
         _fail(node, "Gemm (a Linear on rank-2 tensors) is not supported; keep Linear layers as "
@@ -107,7 +107,7 @@ def build_layers(kept, net_name, start_nodes, start_tensors, constants, ranks, a
     bias_of_linear = {c.name for n in kept if n.op_type == "MatMul" and any(t in constants for t in n.input)
                       for c in consumers.get(n.output[0], []) if c.op_type == "Add"
                       and any(t in constants for t in c.input)}
-    gelu = _gelu_nodes(kept, consumers, constants)
+    gelu = _gelu_nodes(kept, consumers)
 
     # Kahn's algorithm from the start tensors, FIFO, successors in ONNX node order.
     index = {n.name: i for i, n in enumerate(kept)}

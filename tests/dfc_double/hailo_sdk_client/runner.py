@@ -250,8 +250,7 @@ class ClientRunner:
         constants = set(initializers) | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
         ranks = {name: len(shape) for name, shape in inferred.items() if shape}
         layers = dict(input_layers)
-        layers.update(naming.build_layers(kept, net_name, start_nodes, start_tensors, constants, ranks,
-                                          activations))
+        layers.update(naming.build_layers(kept, net_name, start_nodes, constants, ranks, activations))
         for index, name in enumerate(end, start=1):
             out = nodes_by_name[name].output[0]
             layers[f"{net_name}/output_layer{index}"] = {
