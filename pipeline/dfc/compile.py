@@ -6,9 +6,12 @@
 A .hef left from an earlier run is removed before compiling, so after a failed or interrupted
 compile there is no .hef at all. The model script optimize wrote is loaded again before compile()
 (--model-script; the Model Zoo does the same): its compile-time commands need not be in the HAR.
-compile.json: {"stage": "compile", "ok": true, "dfc_version",
-"arch", "net_name", "har_in", "har_in_sha256", "hef", "hef_sha256", "hef_bytes", "model_script", "model_script_sha256", "compiled_har",
-"compiled_har_sha256", "contexts", "duration_s", "timeline", "summary", "log"}.
+compile.json: {"dfc_version", "arch", "net_name", "har_in", "har_in_sha256", "hef", "hef_sha256",
+"hef_bytes", "model_script", "model_script_sha256", "compiled_har",
+"compiled_har_sha256", "contexts"} plus the common fields.
+Every result JSON also has the fields `pipeline.dfc.client.run_dfc_step` adds: "format", "stage",
+"ok", "started_at", "duration_s", "dfc_s" (inside the DFC), "dfc_is_test_double", "log",
+"timeline", "summary".
 """
 
 from __future__ import annotations
@@ -17,25 +20,41 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 from pipeline.dfc import client as dfc
-from pipeline.tables import ARCHS
+from pipeline.dfc.inputs import load_network_export
+from pipeline.errors import ToolchainError
+from pipeline.layout import Layout
+from pipeline.tables import ARCHS, MODELS
 
 
 @dataclass(frozen=True)
 class CompileConfig:
+    """One compile run; `to_argv()` is the command line `build_parser()` reads back into it."""
+
+    MODULE: ClassVar[str] = "pipeline.dfc.compile"
+
     har: Path  # the optimized HAR (<net>_optimized.har)
     arch: str
     out_dir: Path
     log: Optional[Path] = None
     model_script: Optional[Path] = None  # the resolved <net>.alls from optimize, loaded before compile()
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "CompileConfig":
+        return cls(args.har, args.arch, args.out_dir, args.log, args.model_script)
+
+    def to_argv(self) -> list[str]:
+        argv = ["--har", str(self.har), "--arch", self.arch, "--out-dir", str(self.out_dir)]
+        argv += ["--model-script", str(self.model_script)] if self.model_script else []
+        return argv + (["--log", str(self.log)] if self.log else [])
+
 
 def run_compile(config: CompileConfig) -> dict:
-    return dfc.run_stage("compile", config.out_dir,
-                         lambda: dfc.compile_har(config.har, config.arch, config.out_dir, config.model_script),
-                         config.log)
+    return dfc.run_dfc_step(
+        "compile", config.out_dir,
+        lambda: dfc.compile_har(config.har, config.arch, config.out_dir, config.model_script), config.log)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,28 +78,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    return dfc.cli_main(build_parser(), lambda a: run_compile(
-        CompileConfig(a.har, a.arch, a.out_dir, a.log, a.model_script)), argv)
+    return dfc.cli_main(build_parser(), lambda a: run_compile(CompileConfig.from_args(a)), argv)
+
+
+def compile_build(build_dir: Path, arch: str, models=MODELS) -> dict:
+    """`invoke compile`: compile <build>/dfc/<model>/<net>_optimized.har for each model."""
+    layout = Layout(build_dir)
+    results = {}
+    for model in models:
+        network = load_network_export(layout.export_dir, model)
+        out = layout.dfc_dir(model)
+        har = layout.har(model, network.net_name, "optimize")
+        if not (har.is_file() and layout.dfc_result(model, "optimize").is_file()):
+            # optimize.json is written last: without it the HAR is from an earlier or failed run
+            raise ToolchainError(f"{har} or {layout.dfc_result(model, 'optimize')} is missing: the {model} is not "
+                                 "optimized (or its last optimize failed).",
+                                 f"Run `invoke optimize --model {model}` first.")
+        results[model] = run_compile(CompileConfig(har, arch, out,
+                                                   model_script=layout.used_model_script(model, network.net_name)))
+    return results
 
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def compile_build(build_dir: Path, arch: str, models=("encoder", "decoder")) -> dict:
-    """`invoke compile`: compile <build>/dfc/<model>/<net>_optimized.har for each model."""
-    build_dir = Path(build_dir)
-    results = {}
-    for model in models:
-        network = dfc.load_network_export(build_dir / "export", model)
-        out = build_dir / "dfc" / model
-        har = dfc.har_path(out, network.net_name, "optimize")
-        if not (har.is_file() and (out / "optimize.json").is_file()):
-            from pipeline.errors import ToolchainError
-
-            # optimize.json is written last: without it the HAR is from an earlier or failed run
-            raise ToolchainError(f"{har} or {out / 'optimize.json'} is missing: the {model} is not "
-                                 "optimized (or its last optimize failed).",
-                                 f"Run `invoke optimize --model {model}` first.")
-        results[model] = run_compile(CompileConfig(har, arch, out, model_script=out / f"{network.net_name}.alls"))
-    return results

@@ -21,9 +21,7 @@ from typing import Callable, Optional, Sequence
 
 from pipeline.errors import ToolchainError
 from pipeline.files import write_json_atomic
-from pipeline.tables import ARCHS, VARIANTS
-
-MODELS = ("encoder", "decoder")
+from pipeline.tables import ARCHS, MODELS, VARIANTS
 
 
 @dataclass
@@ -50,10 +48,11 @@ def _export(variant: str, model: Optional[str], out: Path, seconds, seq_len, log
 def _probe_model(export_dir: Path, variant: str, arch: str, model: str, out: Path) -> dict:
     from pipeline.dfc import client as dfc
     from pipeline.dfc import layer_roles
+    from pipeline.dfc.inputs import load_network_export
     from pipeline.dfc.model_scripts import generated_script
     from pipeline.export.graph_check import check_graph
 
-    network = dfc.load_network_export(export_dir, model)
+    network = load_network_export(export_dir, model)
     report = check_graph(network.onnx_path, network.start_node_names, network.end_node_names)
     parsed = dfc.parse(network, arch, out)
     hn = dfc.load_hn(arch, Path(parsed["har"]))
