@@ -3,9 +3,12 @@
 import pytest
 
 from pipeline.errors import ToolchainError
-from pipeline.host.matrix_plan import (Cell, NodeInfo, accelerator_verdict, cell_stages, make_cells, needs_gpu,
-                                       plan_gpus, stage_upstream)
+from pipeline.host.matrix_plan import (Cell, NodeInfo, accelerator_verdict, cell_stages, dfc_image_for, make_cells,
+                                       needs_gpu, plan_gpus, stage_upstream)
 from pipeline.host.stage_cache import STAGE_ORDER
+from pipeline.tables import IMAGES
+
+CUDA11, CUDA12 = IMAGES["dfc-cuda11"], IMAGES["dfc-cuda12"]
 
 
 def _node(name: str, kind=None, gpus=0.0) -> NodeInfo:
@@ -48,30 +51,37 @@ def test_only_optimize_asks_for_a_gpu():
     assert [s for s in STAGE_ORDER if needs_gpu(s)] == ["encoder-optimize", "decoder-optimize"]
 
 
+def test_without_a_wheel_the_gate_judges_for_the_series_oldest_release(tmp_path):
+    assert dfc_image_for("hailo8l", tmp_path) is CUDA11  # DFC 3.31
+    assert dfc_image_for("hailo10h", tmp_path) is CUDA11  # DFC 5.0
+
+
 def test_the_gate_judges_ray_accelerator_types_like_cards():
-    assert accelerator_verdict("A100", "hailo8l").supported
-    assert accelerator_verdict("T4", "hailo10h").supported
-    l4 = accelerator_verdict("L4", "hailo8l")
-    assert l4.status.value == "refused" and "optimizer hangs" in l4.reason
-    assert accelerator_verdict("L4", "hailo10h").status.value == "unknown"  # dfc5: not known to work either
-    assert accelerator_verdict("H100", "hailo8l").status.value == "unknown"
-    odd = accelerator_verdict("Quantum-X1", "hailo8l")
-    assert odd.status.value == "unknown" and "not in our table" in odd.reason
+    assert accelerator_verdict("A100", CUDA11).supported
+    assert accelerator_verdict("T4", CUDA12).supported
+    l4 = accelerator_verdict("L4", CUDA11)
+    assert not l4.supported and l4.basis.value == "field report" and "hung endlessly on an L4" in l4.reason
+    h100 = accelerator_verdict("H100", CUDA11)
+    assert h100.supported and h100.basis.value == "JIT"  # only PTX in TF 2.12: compiled once
+    assert accelerator_verdict("H100", CUDA12).basis.value == "native"
+    assert not accelerator_verdict("B200", CUDA11).supported
+    odd = accelerator_verdict("Quantum-X1", CUDA11)
+    assert not odd.supported and "not in our table" in odd.reason
 
 
 def test_optimize_may_land_only_on_the_supported_types_present():
     nodes = [_node("cpu"), _node("a100", "A100", 8), _node("t4", "T4", 1), _node("l4", "L4", 1)]
-    placement = plan_gpus("hailo8l", nodes)
+    placement = plan_gpus("hailo8l", nodes, CUDA11)
     assert placement.allowed_types == ("A100", "T4")
     assert placement.label_selector == {"ray.io/accelerator-type": "in(A100,T4)"}
     assert len(placement.refused) == 1 and "NVIDIA L4" in placement.refused[0]
 
 
 def test_a_cluster_without_a_supported_card_is_refused_with_the_gates_reason():
-    placement = plan_gpus("hailo8l", [_node("cpu"), _node("l4", "L4", 4), _node("h100", "H100", 8)])
+    placement = plan_gpus("hailo8l", [_node("cpu"), _node("l4", "L4", 4), _node("b200", "B200", 8)], CUDA11)
     assert placement.allowed_types == ()
     err = placement.refusal()
-    assert "No supported GPU in the cluster for hailo8l (the dfc3 image" in err.problem
-    assert "optimizer hangs" in err.problem and "H100" in err.problem
+    assert "No supported GPU in the cluster for hailo8l (the dfc-cuda11 image, TensorFlow 2.12" in err.problem
+    assert "hung endlessly on an L4" in err.problem and "B200" in err.problem
     assert "--cpu" in err.fix
-    assert "has no GPU node" in plan_gpus("hailo10h", [_node("cpu")]).refusal().problem
+    assert "has no GPU node" in plan_gpus("hailo10h", [_node("cpu")], CUDA12).refusal().problem

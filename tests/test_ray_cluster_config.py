@@ -10,7 +10,7 @@ jsonschema = pytest.importorskip("jsonschema")
 yaml = pytest.importorskip("yaml")  # a Ray dependency
 
 from pipeline.host.matrix_plan import ACCELERATOR_LABEL, ACCELERATOR_RESOURCE_PREFIX, accelerator_verdict  # noqa: E402
-from pipeline.tables import ARCHS  # noqa: E402
+from pipeline.tables import IMAGES  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "docker" / "ray-cluster.yaml"
 SCHEMA = Path(ray.__file__).parent / "autoscaler" / "ray-schema.json"
@@ -32,14 +32,15 @@ def test_rays_schema_catches_a_broken_config(config):
         jsonschema.validate(broken, json.loads(SCHEMA.read_text()))
 
 
-def test_gpu_nodes_carry_a_card_the_gate_supports_for_every_arch(config):
+def test_gpu_nodes_carry_a_card_the_gate_supports_in_every_dfc_image(config):
     gpu_types = {name: t for name, t in config["available_node_types"].items() if t["resources"].get("GPU")}
     assert gpu_types, "the example rents GPU nodes"
     for name, node_type in gpu_types.items():
         card = node_type["labels"][ACCELERATOR_LABEL]
         assert node_type["resources"][f"{ACCELERATOR_RESOURCE_PREFIX}{card}"] == 1, name
-        for arch in ARCHS:
-            assert accelerator_verdict(card, arch).supported, (name, card, arch)
+        for image in IMAGES.values():
+            verdict = accelerator_verdict(card, image)
+            assert verdict.supported and verdict.basis.value == "native", (name, card, image.name)
 
 
 def test_cpu_nodes_exist_and_the_head_runs_no_stage(config):

@@ -38,7 +38,8 @@ from pipeline.host.build_options import BuildOptions
 from pipeline.host.preflight import Preflight
 from pipeline.host.stage_cache import StageCache, resolve_force
 from pipeline.host.matrix_plan import (ACCELERATOR_LABEL, ACCELERATOR_RESOURCE_PREFIX, MODELS, Cell, GpuPlacement,
-                                       NodeInfo, cell_stages, needs_gpu, plan_gpus, stage_upstream)
+                                       NodeInfo, cell_stages, dfc_image_for, needs_gpu, plan_gpus,
+                                       stage_upstream)
 from pipeline.host.matrix_summary import MatrixSummary, StageRun, summarize, write_summary
 
 CONNECT_TIMEOUT_S = 10.0  # a head that does not answer a TCP connect in this time is unreachable
@@ -273,7 +274,7 @@ def run_matrix(options: MatrixOptions, *, console=None) -> MatrixResult:
         refused, placements = {}, {}
         if not options.build.cpu:
             for arch in dict.fromkeys(c.arch for c in options.cells):
-                placements[arch] = plan_gpus(arch, nodes)
+                placements[arch] = plan_gpus(arch, nodes, dfc_image_for(arch, options.build.vendor_dir))
             refused = {c.name: str(placements[c.arch].refusal()) for c in options.cells
                        if not placements[c.arch].allowed_types}
             if len(refused) == len(options.cells):

@@ -5,9 +5,11 @@ accelerator types a Ray cluster reports. No Ray here: `pipeline.host.matrix` sub
 Ray labels a GPU node with the card's short name (`accelerator_type:A100` resource and the
 `ray.io/accelerator-type` label; Ray derives it from the NVML name, e.g. "NVIDIA A100-SXM4-80GB"
 -> "A100", "NVIDIA GeForce RTX 3090" -> "GeForce-RTX-3090": ray/_private/accelerators/nvidia_gpu.py).
-The gate (`pipeline.host.gpu.judge`) needs a compute capability, so `RAY_ACCELERATOR_COMPUTE` maps
-those names to NVIDIA's published compute capabilities. A type not in the table is "unknown",
-which the gate treats as refused: an optimize task never lands on a card nobody vouched for.
+Ray sets the label on every GPU node (ray/_private/resource_and_label_spec.py). The gate
+(`pipeline.host.gpu.judge`) needs a compute capability, so `RAY_ACCELERATOR_COMPUTE` maps those
+names to NVIDIA's published compute capabilities. A type not in the table is refused: an optimize
+task never lands on a card nobody vouched for. The image judged for is the one `invoke doctor`
+judges for: the one the series' DFC wheel in vendor/ needs, else the series' oldest release's.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
+from pathlib import Path
+
 from pipeline.errors import ToolchainError
-from pipeline.host.gpu import Gpu, Status, Verdict, judge
+from pipeline.host.gpu import Basis, Gpu, Status, Verdict, judge
 from pipeline.host.stage_cache import STAGE_ORDER, UPSTREAM
-from pipeline.tables import ARCHS, MODELS, VARIANTS, BuildSpec, get_arch, resolve_spec
+from pipeline.host.vendor import find_dfc_wheel
+from pipeline.tables import ARCHS, MODELS, VARIANTS, BuildSpec, DfcImage, get_arch, image_for_dfc, resolve_spec
 
 ACCELERATOR_LABEL = "ray.io/accelerator-type"
 ACCELERATOR_RESOURCE_PREFIX = "accelerator_type:"
@@ -31,7 +36,7 @@ RAY_ACCELERATOR_COMPUTE: Mapping[str, tuple[int, int]] = {
     "A10": (8, 6), "A10G": (8, 6), "A40": (8, 6), "A2": (8, 6), "RTX-A4000": (8, 6), "RTX-A5000": (8, 6),
     "RTX-A6000": (8, 6), "GeForce-RTX-3060": (8, 6), "GeForce-RTX-3080": (8, 6), "GeForce-RTX-3090": (8, 6),
     "L4": (8, 9), "L40": (8, 9), "L40S": (8, 9), "GeForce-RTX-4090": (8, 9),
-    "H100": (9, 0), "H200": (9, 0),
+    "H100": (9, 0), "H200": (9, 0), "B200": (10, 0),
 }
 
 
@@ -66,6 +71,7 @@ class GpuPlacement:
     """Where an arch's optimize tasks may run: the accelerator types its DFC image's gate supports."""
 
     arch: str
+    image: DfcImage  # the DFC image the gate judged the cards for
     allowed_types: tuple[str, ...]  # present in the cluster and supported, sorted
     refused: tuple[str, ...]  # the gate's sentence for every other GPU type present
 
@@ -74,11 +80,11 @@ class GpuPlacement:
         return {ACCELERATOR_LABEL: f"in({','.join(self.allowed_types)})"}
 
     def refusal(self) -> ToolchainError:
-        image = get_arch(self.arch).dfc
+        image = self.image
         found = "; ".join(self.refused) if self.refused else "the cluster has no GPU node"
         return ToolchainError(
-            f"No supported GPU in the cluster for {self.arch} (the {image.name} image, DFC {image.dfc_major}.x): "
-            f"{found}.",
+            f"No supported GPU in the cluster for {self.arch} (the {image.name} image, TensorFlow {image.tensorflow}, "
+            f"CUDA {image.cuda}): {found}.",
             "Add nodes with a supported card (e.g. A100, A10G, T4), or pass --cpu to optimize on CPUs "
             "(fine-tuning takes hours).",
         )
@@ -128,13 +134,23 @@ def needs_gpu(stage: str) -> bool:
     return stage.endswith("-optimize")
 
 
-def accelerator_verdict(accelerator_type: str, arch: str) -> Verdict:
-    """The gate's verdict for a Ray accelerator type on `arch`'s DFC image."""
-    image = get_arch(arch).dfc
+def dfc_image_for(arch: str, vendor_dir: Path) -> DfcImage:
+    """The image the gate judges `arch`'s cards for (the doctor's rule, from the driver's vendor/)."""
+    series = get_arch(arch).dfc
+    try:
+        version = find_dfc_wheel(series, Path(vendor_dir)).version
+    except ToolchainError:
+        version = series.min_dfc_version
+    return image_for_dfc(version)
+
+
+def accelerator_verdict(accelerator_type: str, image: DfcImage) -> Verdict:
+    """The gate's verdict for a Ray accelerator type on `image`."""
     compute = RAY_ACCELERATOR_COMPUTE.get(accelerator_type)
     if compute is None:
-        return Verdict(Status.UNKNOWN, f"Ray accelerator type {accelerator_type!r} is not in our table of cards "
-                                       "(pipeline.host.matrix_plan.RAY_ACCELERATOR_COMPUTE)")
+        return Verdict(Status.REFUSED, f"Ray accelerator type {accelerator_type!r} is not in our table of cards "
+                                       "(pipeline.host.matrix_plan.RAY_ACCELERATOR_COMPUTE)",
+                       "Add it with its compute capability, or use a listed card.", Basis.UNSUPPORTED)
     return judge(_card(accelerator_type, compute), image)
 
 
@@ -142,18 +158,16 @@ def _card(accelerator_type: str, compute: tuple[int, int]) -> Gpu:
     return Gpu(index=-1, uuid="", name=f"NVIDIA {accelerator_type.replace('-', ' ')}", compute=compute)
 
 
-def plan_gpus(arch: str, nodes: Sequence[NodeInfo]) -> GpuPlacement:
-    """Which of the cluster's accelerator types may run `arch`'s optimize tasks."""
-    image = get_arch(arch).dfc
+def plan_gpus(arch: str, nodes: Sequence[NodeInfo], image: DfcImage) -> GpuPlacement:
+    """Which of the cluster's accelerator types may run `arch`'s optimize tasks in `image`."""
     allowed, refused = [], []
     for kind in sorted({n.accelerator_type for n in nodes if n.gpus > 0 and n.accelerator_type}):
-        verdict = accelerator_verdict(kind, arch)
+        verdict = accelerator_verdict(kind, image)
         if verdict.supported:
             allowed.append(kind)
         else:
             compute = RAY_ACCELERATOR_COMPUTE.get(kind)
-            card = _card(kind, compute) if compute else None
-            refused.append(verdict.message(card, image) if card else f"{kind}: {verdict.reason}")
+            refused.append(verdict.message(_card(kind, compute), image) if compute else f"{kind}: {verdict.reason}")
     if any(n.gpus > 0 and not n.accelerator_type for n in nodes):
         refused.append("a GPU node without an accelerator type (Ray could not name its card)")
-    return GpuPlacement(arch, tuple(allowed), tuple(refused))
+    return GpuPlacement(arch, image, tuple(allowed), tuple(refused))
