@@ -19,7 +19,6 @@ place only after all checks passed; export.json is written last and is the compl
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import re
@@ -27,14 +26,15 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 import numpy as np
 
-from pipeline.export import ct2
+from pipeline.export import cached_export, ct2, onnx_greedy
+from pipeline.export.reference import (export_onnx, hf_generated_tokens, hf_generation_config, hf_reference_model,
+                                      max_abs)
 from pipeline.errors import ToolchainError, run_cli
 from pipeline.export.meta import EXPORT_FORMAT, EXPORT_JSON
 from pipeline.files import sha256_file, write_json_atomic
@@ -203,47 +203,7 @@ def build_hailo_modules(model, spec: BuildSpec):
             HailoWhisperDecoder.from_hf(model, spec.seq_len, DECODER_VOCAB_SPLITS))
 
 
-def hf_reference_model(model, positions: int):
-    """transformers Whisper with max_source_positions = positions and the (cut) same weights.
-
-    transformers' encoder requires exactly 2 * max_source_positions input frames, so this is
-    the reference our shortened encoder must match.
-    """
-    import torch
-    from transformers import WhisperForConditionalGeneration
-
-    config = copy.deepcopy(model.config)
-    config.max_source_positions = positions
-    state = dict(model.state_dict())
-    state["model.encoder.embed_positions.weight"] = state["model.encoder.embed_positions.weight"][:positions]
-    with torch.device("meta"):
-        reference = WhisperForConditionalGeneration(config)
-    reference.load_state_dict(state, strict=True, assign=True)
-    reference.tie_weights()
-    reference.generation_config = copy.deepcopy(model.generation_config)
-    return reference.eval()
-
-
 # --- ONNX ---------------------------------------------------------------------------------------
-
-
-def export_onnx(module, example_inputs: tuple, path: Path, input_names: list[str], output_names: list[str], opset: int):
-    """torch.onnx.export at fixed shapes, onnxslim, onnx.checker; returns the ModelProto written to `path`."""
-    import onnx
-    import onnxslim
-    import torch
-
-    raw = path.with_suffix(".raw.onnx")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        # The TorchScript exporter gives plain, stable node names and no dynamic shapes.
-        torch.onnx.export(module, example_inputs, str(raw), input_names=input_names, output_names=output_names,
-                          opset_version=opset, do_constant_folding=True, dynamo=False)
-    slimmed = onnxslim.slim(onnx.load(str(raw)))
-    raw.unlink()
-    onnx.checker.check_model(slimmed, full_check=True)
-    onnx.save(slimmed, str(path))
-    return slimmed
 
 
 def _producers(graph, names: list[str]) -> list[str]:
@@ -302,32 +262,6 @@ def token_metadata(loaded: LoadedWhisper, spec: BuildSpec) -> dict:
     }
 
 
-def hf_generation_config(tokens: Mapping, max_new_tokens: int, multilingual: bool):
-    """A GenerationConfig under which transformers' Whisper `generate` decodes greedily from our prompt."""
-    from transformers import GenerationConfig
-
-    prompt = tokens["prompt"]
-    gen = GenerationConfig(
-        decoder_start_token_id=prompt[0],
-        eos_token_id=tokens["end_of_text"],
-        pad_token_id=tokens["end_of_text"],
-        bos_token_id=tokens["end_of_text"],
-        no_timestamps_token_id=tokens["no_timestamps"],
-        suppress_tokens=list(tokens["suppress"]) or None,
-        begin_suppress_tokens=list(tokens["suppress_at_begin"]) or None,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-    )
-    if multilingual:
-        gen.lang_to_id = {"<|en|>": prompt[1]}
-        gen.task_to_id = {"transcribe": prompt[2], "translate": prompt[2] - 1}
-        gen.is_multilingual = True
-        gen.language = "en"
-        gen.task = "transcribe"
-    return gen
-
-
 # --- parity -------------------------------------------------------------------------------------
 
 
@@ -339,6 +273,8 @@ def check_parity(figures: Mapping[str, float], tolerances: ParityTolerances) -> 
         "decoder_torch_vs_onnx": tolerances.logits,
         "decoder_vs_hf": tolerances.logits,
         "greedy_token_mismatches": 0,
+        "cached_decoder_vs_hf": tolerances.logits,
+        "cached_greedy_token_mismatches": 0,
     }
     failed = [k for k, limit in limits.items() if k in figures and not figures[k] <= limit]
     if failed:
@@ -348,10 +284,6 @@ def check_parity(figures: Mapping[str, float], tolerances: ParityTolerances) -> 
             "The Hailo rewrite does not compute what Whisper computes; nothing was written. "
             "Check pipeline/export/whisper_hailo.py (or the checkpoint) before compiling.",
         )
-
-
-def _max_abs(a, b) -> float:
-    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
 
 
 @dataclass(frozen=True)
@@ -387,7 +319,7 @@ def measure_torch_parity(reference, encoder, decoder, inputs: ParityInputs) -> t
         ours_logits = np.concatenate([t.numpy() for t in parts], -1)
         hf_logits = reference(encoder_outputs=(torch.from_numpy(hf_states),),
                               decoder_input_ids=torch.from_numpy(inputs.tokens)).logits.numpy()
-    figures = {"encoder_vs_hf": _max_abs(ours_states, hf_states), "decoder_vs_hf": _max_abs(ours_logits, hf_logits)}
+    figures = {"encoder_vs_hf": max_abs(ours_states, hf_states), "decoder_vs_hf": max_abs(ours_logits, hf_logits)}
     return figures, {"encoder_states": ours_states, "hf_states": hf_states, "logits": ours_logits}
 
 
@@ -402,16 +334,14 @@ def measure_onnx_parity(reference, work: Path, meta: dict, inputs: ParityInputs,
     """
     import torch
 
-    from pipeline.export import onnx_greedy
-
     encoder_session, decoder_session = onnx_greedy.load_sessions(work, meta)
     decoder_inputs = [i["name"] for i in meta["decoder"]["inputs"]]
     onnx_states = onnx_greedy.encode(encoder_session, meta, inputs.mel)
     onnx_logits = np.concatenate(decoder_session.run(
         [o["name"] for o in meta["decoder"]["outputs"]],
         {decoder_inputs[0]: ours["hf_states"], decoder_inputs[1]: inputs.embedded}), -1)
-    figures = {"encoder_torch_vs_onnx": _max_abs(ours["encoder_states"], onnx_states),
-               "decoder_torch_vs_onnx": _max_abs(ours["logits"], onnx_logits)}
+    figures = {"encoder_torch_vs_onnx": max_abs(ours["encoder_states"], onnx_states),
+               "decoder_torch_vs_onnx": max_abs(ours["logits"], onnx_logits)}
 
     mel = inputs.mel if parity_mel is None else onnx_greedy.as_encoder_input(parity_mel, meta["frames"])[:, :, 0, :]
     rows = onnx_greedy.greedy_decode(encoder_session, decoder_session, meta, token_embedding, positional_embedding, mel)
@@ -423,7 +353,7 @@ def measure_onnx_parity(reference, work: Path, meta: dict, inputs: ParityInputs,
     states = onnx_greedy.encode(encoder_session, meta, mel)
     end = meta["tokens"]["end_of_text"]
     for our_row, hf_row, sample_states in zip(rows, hf_rows, states):
-        our_tokens, hf_tokens = onnx_greedy.generated_tokens(our_row, meta), _hf_generated(hf_row, meta)
+        our_tokens, hf_tokens = onnx_greedy.generated_tokens(our_row, meta), hf_generated_tokens(hf_row, meta)
         greedy.append(our_tokens)
         diverged = next((i for i, (a, b) in enumerate(zip(our_tokens + [end], hf_tokens + [end])) if a != b), None)
         if diverged is None:
@@ -445,16 +375,6 @@ def measure_onnx_parity(reference, work: Path, meta: dict, inputs: ParityInputs,
     if ties:
         figures["greedy_near_ties"] = ties
     return figures
-
-
-def _hf_generated(row, meta) -> list[int]:
-    """transformers 5.x returns the generated tokens without the prompt; 4.x included it."""
-    row = [int(t) for t in row]
-    prompt = meta["tokens"]["prompt"]
-    if row[: len(prompt)] == prompt:
-        row = row[len(prompt):]
-    end = meta["tokens"]["end_of_text"]
-    return row[: row.index(end)] if end in row else row
 
 
 # --- the stage ----------------------------------------------------------------------------------
@@ -573,12 +493,24 @@ def export_whisper(config: ExportConfig, *, parity_mel: Optional[np.ndarray] = N
         figures.update(measure_onnx_parity(reference, work, meta, inputs, ours, token_embedding,
                                            positional_embedding, parity_mel, config.tolerances.logits))
         check_parity(figures, config.tolerances)
+
+        cached_names = cached_export.file_names(spec.decoder_net_name, spec.seconds_tag)
+        meta["cached_decoder"] = cached_export.export_cached_decoder(loaded.model, cached_names, work,
+                                                                     spec.encoder_positions, config.opset, log)
+        log("checking parity of the cached decoder (ONNX Runtime, float and int8, vs transformers)")
+        greedy_mel = inputs.mel if parity_mel is None else onnx_greedy.as_encoder_input(parity_mel, spec.frames)[:, :, 0, :]
+        greedy_states = onnx_greedy.encode(onnx_greedy.load_sessions(work, meta)[0], meta, greedy_mel)
+        figures.update(cached_export.measure_cached_parity(reference, work, meta, inputs.tokens, ours["hf_states"],
+                                                           greedy_states, greedy_mel, config.tolerances.logits))
+        check_parity(figures, config.tolerances)
         meta["parity"] = {**figures, "tolerances": asdict(config.tolerances)}
         log("parity: " + ", ".join(f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}"
-                                   for k, v in figures.items() if k != "greedy_tokens"))
+                                   for k, v in figures.items() if k not in ("greedy_tokens", "cached_greedy_tokens")))
 
         written = [names["encoder"], names["decoder"], names["token_embedding"], names["positional_embedding"],
-                   *meta["host_assets"]["tokenizer_files"]]
+                   *meta["host_assets"]["tokenizer_files"],
+                   *(name for precision in cached_export.PRECISIONS for name in cached_names[precision].values()),
+                   cached_names["encoder_padding"]]
         meta["files"] = {name: sha256_file(work / name) for name in written}
         for name in written:
             os.replace(work / name, out_dir / name)
