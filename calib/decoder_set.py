@@ -201,35 +201,48 @@ def build_decoder_set(config: DecoderSetConfig) -> DecoderSetResult:
 class _ChunkDecoder:
     """mel chunk [n, 1, frames, 80] -> (encoder states [n, positions, d], token rows [n, seq_len]).
 
-    The encoder runs sample by sample on `workers` threads; the tokens come from the cached
-    decoder as one batch, or from the fixed-length decoder sample by sample on the threads.
+    Every session runs single-threaded; `workers` threads share them. With the cached decoder each
+    thread takes a contiguous slice of the chunk, encodes it sample by sample and decodes it as
+    one batch (no intra-op threads to synchronise); with the fixed decoder each thread takes one
+    sample at a time, as before.
     """
 
     def __init__(self, config: DecoderSetConfig, meta: dict, workers: int):
         self.meta = meta
         self.seq_len = int(meta["seq_len"])
+        self.workers = workers
         self.encoder, self.fixed_decoder = onnx_greedy.load_sessions(config.export_dir, meta, threads=1)
-        self.cached = (cached_greedy.load_cached_decoder(config.export_dir, meta, threads=workers)
+        self.cached = (cached_greedy.load_cached_decoder(config.export_dir, meta, threads=1)
                        if config.token_decoder == "cached" else None)
         self.embedding = onnx_greedy.load_host_assets(config.export_dir, meta)
         self.executor = cf.ThreadPoolExecutor(workers) if workers > 1 else None
 
-    def _map(self, function, items):
+    def _map(self, function, items) -> list:
         return list(self.executor.map(function, items) if self.executor else map(function, items))
 
-    def _fixed_tokens(self, mel_and_states) -> np.ndarray:
-        mel, states = mel_and_states
-        return onnx_greedy.greedy_decode(self.encoder, self.fixed_decoder, self.meta, *self.embedding, mel[None],
-                                         encoder_states=states[None])[0]
+    def _encode(self, mels: np.ndarray) -> np.ndarray:
+        return np.stack([onnx_greedy.encode(self.encoder, self.meta, mel[None])[0] for mel in mels])
+
+    def _fixed(self, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        states = self._encode(mel[None])
+        tokens = onnx_greedy.greedy_decode(self.encoder, self.fixed_decoder, self.meta, *self.embedding, mel[None],
+                                           encoder_states=states)
+        return states[0], tokens[0]
+
+    def _cached(self, mels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        states = self._encode(mels)
+        budget = self.seq_len - len(self.meta["tokens"]["prompt"])
+        options = cached_greedy.DecodeOptions(max_new_tokens=budget, pad_encoder=False)  # the Hailo decoder's view
+        generated = cached_greedy.transcribe_tokens(states, self.cached, self.meta, options=options)
+        return states, cached_greedy.as_fixed_rows(generated, self.meta, self.seq_len)
 
     def __call__(self, mels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        states = np.stack(self._map(lambda mel: onnx_greedy.encode(self.encoder, self.meta, mel[None])[0], mels))
         if self.cached is None:
-            return states, np.stack(self._map(self._fixed_tokens, zip(mels, states)))
-        budget = self.seq_len - len(self.meta["tokens"]["prompt"])
-        generated = cached_greedy.transcribe_tokens(
-            states, self.cached, self.meta, options=cached_greedy.DecodeOptions(max_new_tokens=budget, pad_encoder=False))
-        return states, cached_greedy.as_fixed_rows(generated, self.meta, self.seq_len)
+            states, tokens = zip(*self._map(self._fixed, mels))
+            return np.stack(states), np.stack(tokens)
+        slices = [part for part in np.array_split(mels, min(self.workers, len(mels))) if len(part)]
+        states, tokens = zip(*self._map(self._cached, slices))
+        return np.concatenate(states), np.concatenate(tokens)
 
     def close(self) -> None:
         if self.executor is not None:
