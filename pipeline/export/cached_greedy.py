@@ -23,6 +23,7 @@ import numpy as np
 from pipeline.export.meta import cached_decoder_meta
 
 WHISPER_POSITIONS = 1500  # encoder positions Whisper's decoder was trained on (30 s)
+WHISPER_SAMPLE_LEN = 224  # openai/whisper's default tokens per window (sample_len = n_text_ctx // 2)
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class CachedDecoder:
 class DecodeOptions:
     """How greedy decoding runs; the defaults are what the host transcriber uses."""
 
-    max_new_tokens: Optional[int] = None  # tokens after the prompt, end-of-text included (None: all that fit)
+    max_new_tokens: Optional[int] = WHISPER_SAMPLE_LEN  # after the prompt, end-of-text included (None: all that fit)
     pad_encoder: bool = True  # pad the encoder states to WHISPER_POSITIONS with the export's silence states
 
 
