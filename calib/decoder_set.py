@@ -27,13 +27,13 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from numpy.lib import format as npy_format
 from tqdm import tqdm
 
 from calib.audio import resolve_workers
+from calib.config import DecoderSetConfig
 from pipeline.export import cached_greedy, onnx_greedy
 from pipeline.errors import ToolchainError
 from pipeline.export.meta import read_export_json
@@ -43,18 +43,6 @@ MANIFEST_FORMAT = 1
 TOKEN_DECODERS = ("cached", "fixed")
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest a zip entry can say
 CHUNK_PER_WORKER = 16  # samples in flight per worker: their encoder states are the memory bound
-
-
-@dataclass(frozen=True)
-class DecoderSetConfig:
-    encoder_set: Path  # .npy [N, 1, frames, 80] from calib.encoder_set
-    export_dir: Path  # pipeline.export.export output (export.json + ONNX + host .npy assets)
-    out: Path  # .npz; a manifest goes to <stem>.manifest.json beside it
-    size: Optional[int] = None  # use the first `size` entries (None: all)
-    workers: Optional[int] = None  # concurrent samples / decoder threads (None: every available core)
-    progress: bool = True
-    token_decoder: str = "cached"  # "cached": the export's KV-cache decoder, batched; "fixed": the Hailo decoder ONNX
-    chunk: Optional[int] = None  # samples decoded as one batch (None: CHUNK_PER_WORKER x workers)
 
 
 @dataclass

@@ -109,7 +109,8 @@ def test_cached_tokens_equal_transformers_generate_on_real_speech(tiny_en_export
     import torch
 
     from pipeline.export.export import load_whisper
-    from pipeline.export.reference import hf_generated_tokens, hf_generation_config, hf_reference_model
+    from pipeline.export.parity import hf_generated_tokens, hf_generation_config
+    from pipeline.export.reference import hf_reference_model
 
     meta = read_export_json(tiny_en_export_dir)
     _, mel = tiny_en_speech

@@ -25,7 +25,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from pipeline.export import cached_greedy
-from pipeline.export.reference import export_onnx, hf_generated_tokens, hf_generation_config, max_abs
+from pipeline.export.parity import hf_generated_tokens, hf_generation_config, max_abs
+from pipeline.export.reference import export_onnx
 
 CACHED_PARITY_NEW_TOKENS = 96  # greedy parity length: room for ~70 words, 3x the Hailo decoder's 32
 # Whisper's log-mel of digital silence: log10 of the 1e-10 floor, normalised as (x + 4) / 4

@@ -1,7 +1,7 @@
-"""The transformers reference the exported graphs are checked against, and the ONNX writer.
+"""The transformers reference model the exported graphs are checked against, and the ONNX writer.
 
 Shared by the Hailo export (pipeline/export/export.py) and the cached decoder's export
-(pipeline/export/cached_export.py).
+(pipeline/export/cached_export.py); the comparisons themselves are in pipeline/export/parity.py.
 """
 
 from __future__ import annotations
@@ -9,9 +9,7 @@ from __future__ import annotations
 import copy
 import warnings
 from pathlib import Path
-from typing import Mapping, Optional
-
-import numpy as np
+from typing import Optional
 
 
 def hf_reference_model(model, positions: int):
@@ -33,46 +31,6 @@ def hf_reference_model(model, positions: int):
     reference.tie_weights()
     reference.generation_config = copy.deepcopy(model.generation_config)
     return reference.eval()
-
-
-def hf_generation_config(tokens: Mapping, max_new_tokens: int, multilingual: bool):
-    """A GenerationConfig under which transformers' Whisper `generate` decodes greedily from our prompt."""
-    from transformers import GenerationConfig
-
-    prompt = tokens["prompt"]
-    gen = GenerationConfig(
-        decoder_start_token_id=prompt[0],
-        eos_token_id=tokens["end_of_text"],
-        pad_token_id=tokens["end_of_text"],
-        bos_token_id=tokens["end_of_text"],
-        no_timestamps_token_id=tokens["no_timestamps"],
-        suppress_tokens=list(tokens["suppress"]) or None,
-        begin_suppress_tokens=list(tokens["suppress_at_begin"]) or None,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-    )
-    if multilingual:
-        gen.lang_to_id = {"<|en|>": prompt[1]}
-        gen.task_to_id = {"transcribe": prompt[2], "translate": prompt[2] - 1}
-        gen.is_multilingual = True
-        gen.language = "en"
-        gen.task = "transcribe"
-    return gen
-
-
-def hf_generated_tokens(row, meta) -> list[int]:
-    """transformers 5.x returns the generated tokens without the prompt; 4.x included it."""
-    row = [int(t) for t in row]
-    prompt = meta["tokens"]["prompt"]
-    if row[: len(prompt)] == prompt:
-        row = row[len(prompt):]
-    end = meta["tokens"]["end_of_text"]
-    return row[: row.index(end)] if end in row else row
-
-
-def max_abs(a, b) -> float:
-    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
 
 
 def export_onnx(module, example_inputs: tuple, path: Path, input_names: list[str], output_names: list[str], opset: int,
