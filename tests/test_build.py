@@ -248,7 +248,11 @@ def test_native_build_with_the_decoder_on_the_cpu(tmp_path, monkeypatch, random_
         calib_dir=speech_dir, profile="quick", cpu=True, no_docker=True, out=tmp_path / "build",
         vendor_dir=tmp_path / "vendor", stage_env={"PYTHONPATH": str(DFC_DOUBLE)}, decoder="cpu",
     )
-    flow, build = Flow(base), base.build_dir
+    from pipeline.host.doctor import Probes
+
+    # The doctor's 16 GiB memory check is for real builds; this shared test machine often has less
+    # free, and a 1 s random-init tiny needs a fraction of it.
+    flow, build = Flow(base, probes=Probes(available_memory_bytes=lambda: 32 << 30)), base.build_dir
     result, output = flow.run()
     assert result.ran == tuple(s for s in STAGE_ORDER if s not in HAILO_DECODER_STAGES)
     assert not (build / "dfc" / "decoder").exists() and not (build / "calib" / "decoder_calib.npz").exists()
