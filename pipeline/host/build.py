@@ -5,6 +5,10 @@ up to date.
     export -> encoder calib -> decoder calib -> parse -> optimize -> compile (encoder, decoder)
     -> bundle -> report
 
+With `decoder="cpu"` the decoder's calibration, parse, optimize and compile do not run: the
+bundle carries the export's cached decoder ONNX (float and int8) for the host instead of a
+decoder HEF.
+
 Export, calibration and the DFC stages run through the stage launcher (`pipeline.host.launcher`): in
 the `export` image and the DFC image the wheel picks (`dfc-cuda11`/`dfc-cuda12`), or natively with
 `no_docker`. Host paths are
@@ -41,6 +45,7 @@ from pipeline.host.preflight import (Preflight, Tool, audio_files, calibration_e
                                      preflight, resolve_tools, resolved_script)
 from pipeline.host.stage_cache import STAGE_ORDER, StageCache, StageInputs, StageRecord, files_under, resolve_force
 from pipeline.host.stage_runner import BuildConsole, StageRunner
+from pipeline.errors import ToolchainError
 from pipeline.layout import REPO_ROOT, Layout
 from pipeline.tables import MODELS, BuildSpec
 
@@ -58,10 +63,10 @@ def export_files(layout: Layout) -> dict[str, Path]:
     return {f"export/{p.name}": p for p in export_outputs(layout)}
 
 
-def dfc_results(layout: Layout) -> dict:
+def dfc_results(layout: Layout, models: Sequence[str] = MODELS) -> dict:
     """{model: {"parse": {...}, "optimize": {...}, "compile": {...}}} from the stage JSONs ({} when missing)."""
     results = {}
-    for model in MODELS:
+    for model in models:
         results[model] = {}
         for step in ("parse", "optimize", "compile"):
             try:
@@ -71,8 +76,16 @@ def dfc_results(layout: Layout) -> dict:
     return results
 
 
-def hef_paths(layout: Layout, export: Mapping) -> dict[str, Path]:
-    return {m: layout.hef(m, export[m]["net_name"]) for m in MODELS}
+def hef_paths(layout: Layout, export: Mapping, models: Sequence[str] = MODELS) -> dict[str, Path]:
+    return {m: layout.hef(m, export[m]["net_name"]) for m in models}
+
+
+def predates_cached_decoder(layout: Layout) -> bool:
+    """True for a finished export made before the cached decoder existed (export.json has no entry)."""
+    try:
+        return "cached_decoder" not in read_export_json(layout.export_dir)
+    except ToolchainError:  # no finished export: nothing to say, the stage runs anyway
+        return False
 
 
 # --- running the stages -------------------------------------------------------------------------
@@ -122,11 +135,11 @@ class _Builder:
         return twin
 
     def rehearsal(self) -> bool:
-        return is_rehearsal(dfc_results(self.layout), self.pre.wheel_is_test_double,
+        return is_rehearsal(dfc_results(self.layout, self.options.dfc_models), self.pre.wheel_is_test_double,
                             self.tools["dfc"].identity.get("dfc_version"))
 
     def build_warnings(self, export: Mapping) -> list[str]:
-        return list(self.pre.warnings) + quality_warnings(export, dfc_results(self.layout))
+        return list(self.pre.warnings) + quality_warnings(export, dfc_results(self.layout, self.options.dfc_models))
 
     # one stage ----------------------------------------------------------------------------------
 
@@ -166,6 +179,10 @@ class _Builder:
             files = {f"model/{p.relative_to(model_path)}": p for p in files_under(model_path)}
             read_only = [model_path.absolute()]
         config = ExportConfig(spec=spec, out_dir=lay.export_dir, model=model)
+        if predates_cached_decoder(lay):
+            self.ui.warn(f"The export in {lay.export_dir} was made before the cached (KV-cache) decoder existed: "
+                         "export.json has no cached_decoder entry. Running the export again.")
+            self.cache.invalidate(["export"])
         inputs = StageInputs(
             files=files,
             params={"variant": spec.variant.name, "model": model if not files else "local folder",
@@ -276,12 +293,13 @@ class _Builder:
 
     def bundle(self, export: dict, rehearsal: bool) -> None:
         lay = self.layout
-        results = dfc_results(lay)
+        results = dfc_results(lay, self.options.dfc_models)
         dfc_version = dfc_version_of(results, self.pre.wheel_version, self.tools["dfc"].identity.get("dfc_version"))
-        hefs = hef_paths(lay, export)
+        hefs = hef_paths(lay, export, self.options.dfc_models)
         inputs = StageInputs(
             files={**{f"{m}.hef": p for m, p in hefs.items()}, **export_files(lay)},
-            params={"format": BUNDLE_FORMAT, "variant": self.spec.variant.name, "arch": self.spec.arch.name,
+            params={"format": BUNDLE_FORMAT, "decoder": self.options.decoder,
+                    "variant": self.spec.variant.name, "arch": self.spec.arch.name,
                     "seconds": self.spec.seconds, "seq_len": self.spec.seq_len, "dfc_version": dfc_version,
                     "rehearsal": rehearsal},
             tool={"code": code_fingerprint(["pipeline.host.bundle"])},
@@ -289,23 +307,24 @@ class _Builder:
         self.stage(
             "bundle", inputs,
             lambda: make_bundle(lay.bundle_dir, spec=self.spec, export=export, export_dir=lay.export_dir,
-                                hefs=hefs, dfc_version=dfc_version, rehearsal=rehearsal),
-            lambda: bundle_files(lay.bundle_dir, export),
+                                hefs=hefs, dfc_version=dfc_version, rehearsal=rehearsal, decoder=self.options.decoder),
+            lambda: bundle_files(lay.bundle_dir, export, self.options.decoder),
         )
 
     def report(self, export: dict, rehearsal: bool, build_warnings: Sequence[str]) -> None:
         lay = self.layout
         inputs = StageInputs(
-            params={"rehearsal": rehearsal, "gpu": dict(self.pre.gpu), "warnings": list(build_warnings)},
+            params={"rehearsal": rehearsal, "gpu": dict(self.pre.gpu), "warnings": list(build_warnings),
+                    "decoder": self.options.decoder},
             tool={"code": code_fingerprint(["pipeline.host.manifest"])},
         )
 
         def run() -> None:
             manifest = make_manifest(
                 build_dir=lay.root, spec=self.spec, options=self.options, export=export,
-                dfc_results=dfc_results(lay), records={s: self.cache.load(s) for s in STAGE_ORDER},
+                dfc_results=dfc_results(lay, self.options.dfc_models), records={s: self.cache.load(s) for s in STAGE_ORDER},
                 tools={k: t.to_json() for k, t in self.tools.items()}, gpu=self.pre.gpu,
-                hefs=hef_paths(lay, export), rehearsal=rehearsal, warnings=build_warnings,
+                hefs=hef_paths(lay, export, self.options.dfc_models), rehearsal=rehearsal, warnings=build_warnings,
                 repo_root=REPO_ROOT,
             )
             write_report(manifest, lay.manifest, lay.report)
@@ -326,17 +345,17 @@ def run_cell_stage(options: BuildOptions, stage: str, pre: Preflight, *, console
     return builder.run_stage(stage)
 
 
-def _optimize_and_compile(builder: _Builder) -> None:
+def _optimize_and_compile(builder: _Builder, models: Sequence[str]) -> None:
     """Each model's optimize, then its compile. With a GPU for each model, the two chains run at
     once, one GPU each: the encoder and decoder optimize side by side, and a model compiles (on the
     CPU) while the other may still optimize. A chain that fails lets the other finish first."""
     devices = builder.pre.gpu_device_ids
-    if len(devices) < len(MODELS):
-        builder.run_stages([f"{m}-{step}" for step in ("optimize", "compile") for m in MODELS])
+    if len(models) < 2 or len(devices) < len(models):
+        builder.run_stages([f"{m}-{step}" for step in ("optimize", "compile") for m in models])
         return
-    with ThreadPoolExecutor(max_workers=len(MODELS), thread_name_prefix="model") as pool:
+    with ThreadPoolExecutor(max_workers=len(models), thread_name_prefix="model") as pool:
         chains = [pool.submit(builder.on_gpu(device).run_stages, (f"{model}-optimize", f"{model}-compile"))
-                  for model, device in zip(MODELS, devices)]
+                  for model, device in zip(models, devices)]
     for chain in chains:
         chain.result()
 
@@ -361,8 +380,10 @@ def run_build(options: BuildOptions, *, console=None, doctor_probes=None) -> Bui
         tools = resolve_tools(options, spec, pre.wheel_version, layout.logs, ui.stream)
         builder = _Builder(options, spec, layout, pre, tools, cache, ui)
 
-        builder.run_stages(STAGE_ORDER[:STAGE_ORDER.index("encoder-optimize")])
-        _optimize_and_compile(builder)
+        models = options.dfc_models  # without the decoder when it runs on the host CPU
+        builder.run_stages(["export", "encoder-calib", *(["decoder-calib"] if "decoder" in models else []),
+                            *(f"{m}-parse" for m in models)])
+        _optimize_and_compile(builder, models)
         builder.run_stages(("bundle", "report"))
         export = read_export_json(layout.export_dir)
         rehearsal, build_warnings = builder.rehearsal(), builder.build_warnings(export)

@@ -64,6 +64,9 @@ class MatrixOptions:
         object.__setattr__(self, "store", Path(self.store).absolute())
         object.__setattr__(self, "cells", tuple(self.cells))
         cell_stages(self.models)  # unknown model names fail here
+        if self.build.decoder != "hailo":
+            raise ToolchainError(f"invoke matrix builds Hailo decoders only (decoder {self.build.decoder!r} given).",
+                                 "Build host-decoder cells with `invoke build --decoder cpu`.")
 
     def cell_options(self, cell: Cell) -> BuildOptions:
         """The BuildOptions of one cell: what `invoke build --out <store>/<cell>` would get."""
