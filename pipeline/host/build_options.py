@@ -39,6 +39,10 @@ class BuildOptions:
     export_env: Mapping[str, str] = field(default_factory=dict)  # export/calib only, e.g. HF_TOKEN
     hang_probe_timeout_s: float = 120.0  # GPU hang probe before the first DFC stage on a GPU
     stream_logs: bool = True  # stage output on the console too (always in logs/)
+    # Preflight resource minimums; None: a real DFC build's (pipeline.host.doctor). The rehearsal
+    # (test double, tiny model, quick profile) needs far less.
+    min_free_disk_gib: Optional[float] = None
+    min_memory_gib: Optional[float] = None
 
     def __post_init__(self):
         if self.profile not in PROFILES:
