@@ -25,7 +25,7 @@ def _probes(docker=None, debootstrap=None, missing=(), espeak=True, free_gib=100
     real_find_spec = __import__("importlib.util").util.find_spec
     return HostProbes(
         docker_problem=lambda: docker,
-        debootstrap_problem=lambda: debootstrap,
+        base_image_problem=lambda: debootstrap,
         which=lambda tool: f"/usr/bin/{tool}" if (tool != "espeak-ng" or espeak) else None,
         find_spec=lambda name: None if name in missing else real_find_spec(name),
         free_disk_bytes=lambda path: int(free_gib * GIB),

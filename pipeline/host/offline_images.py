@@ -48,6 +48,11 @@ def debootstrap_problem() -> Optional[str]:
     return None
 
 
+def base_image_problem(tag: str = OFFLINE_BASE_IMAGE) -> Optional[str]:
+    """Why the base image can be neither found nor made here (None when it can)."""
+    return None if _image_exists(tag) else debootstrap_problem()
+
+
 def ensure_base_image(tag: str = OFFLINE_BASE_IMAGE, log: Callable[[str], None] = lambda _: None) -> str:
     """A minimal Debian bookworm with python3 as a local image: debootstrap into a temp dir and
     `docker import` it (about 50 s on 2 cores). Skipped when the image exists."""

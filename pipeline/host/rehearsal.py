@@ -87,7 +87,7 @@ class HostProbes:
     """The rehearsal planner's view of this machine; tests replace any of these."""
 
     docker_problem: Callable[[], Optional[str]] = lambda: _docker_problem()
-    debootstrap_problem: Callable[[], Optional[str]] = offline_images.debootstrap_problem
+    base_image_problem: Callable[[], Optional[str]] = offline_images.base_image_problem
     which: Callable[[str], Optional[str]] = shutil.which
     find_spec: Callable[[str], object] = importlib.util.find_spec
     free_disk_bytes: Callable[[Path], int] = lambda path: shutil.disk_usage(_existing(path)).free
@@ -185,7 +185,7 @@ def plan_rehearsal(root: Path = REHEARSAL_DIR, mode: str = "auto", probes: HostP
 def _docker_blocker(probes: HostProbes) -> Optional[str]:
     problem = probes.docker_problem()
     if problem is None:
-        problem = probes.debootstrap_problem()  # the offline base image needs it
+        problem = probes.base_image_problem()  # found, or made with debootstrap
     return problem
 
 
