@@ -109,7 +109,7 @@ def _docker_problem() -> Optional[str]:
     except ImportError:
         return "docker-py is not installed"
     except ToolchainError as err:
-        return err.problem
+        return err.problem.rstrip(".")
     except Exception as err:  # noqa: BLE001 - any failure to reach the daemon means "no Docker"
         return str(err).splitlines()[0] if str(err) else type(err).__name__
     return None
@@ -219,6 +219,8 @@ def run_rehearsal(root: Path = REHEARSAL_DIR, mode: str = "auto", *, console=Non
         doctor_probes = Probes(find_spec=rehearsal_inputs.site_find_spec(site),
                                dist_version=rehearsal_inputs.site_dist_version(site))
     result = run_build(options, console=console, doctor_probes=doctor_probes)
+    # A step the build does not run itself (e.g. an evaluation of the bundle) is one call here,
+    # on result.build_dir; a new build stage needs nothing: this is an ordinary run_build.
     if result.deployable:  # cannot happen with the double; never let a rehearsal pass as real
         raise ToolchainError(f"The rehearsal in {layout.build_dir} did not run the DFC test double.",
                              "Report this: the rehearsal must never produce a deployable build.")
