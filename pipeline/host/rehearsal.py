@@ -43,7 +43,7 @@ NATIVE_MODULES = ("torch", "transformers", "onnx", "onnxruntime", "onnxslim", "s
 REAL_BUILD_STEPS = (
     ("make doctor", "every blocker of a real build, each with its fix"),
     ("vendor/hailo_dataflow_compiler-3.x.y-...whl", "your DFC wheel from Hailo's Developer Zone"),
-    ("invoke probe", "check that the real DFC runs on this GPU before the long build"),
+    ("invoke probe", "with the DFC installed: parse-only check of your graphs (CPU, minutes)"),
     ("make hef", "the real build (LibriSpeech calibration, full profile)"),
 )
 
