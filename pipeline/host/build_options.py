@@ -41,6 +41,10 @@ class BuildOptions:
     hang_probe_timeout_s: float = 120.0  # GPU hang probe: no output and no JIT cache growth this long
     jit_cache_dir: Optional[Path] = None  # CUDA JIT caches, one folder per image; None: default_jit_cache_root()
     stream_logs: bool = True  # stage output on the console too (always in logs/)
+    # Preflight resource minimums; None: a real DFC build's (pipeline.host.doctor). The rehearsal
+    # (test double, tiny model, quick profile) needs far less.
+    min_free_disk_gib: Optional[float] = None
+    min_memory_gib: Optional[float] = None
 
     def __post_init__(self):
         if self.profile not in PROFILES:
