@@ -2,11 +2,19 @@
 
     bundle/
       <encoder_net>.hef, <decoder_net>.hef   the two networks
-      token_embedding.npy                     [vocab, d_model] float32   (host: token embedding)
-      positional_embedding_seq<N>.npy         [seq_len, d_model] float32 (host: positional embedding)
+      decoder_assets/<variant>/decoder_tokenization/
+        token_embedding_weight_<variant>.npy  [vocab, d_model] float32   (host: token embedding)
+        onnx_add_input_<variant>.npy          [seq_len, d_model] float32 (host: positional embedding)
+      onnx/<encoder_net>.onnx, onnx/<decoder_net>.onnx   the float networks (CPU reference backend)
       tokenizer files                         as transformers saved them
       config.json                             shapes, names, layouts, mel parameters, tokens
       README.md                               how to load and run them with HailoRT
+
+The host arrays carry the paths and names Hailo's speech-recognition app loads them from
+(hailo-ai/Hailo-Application-Code-Examples, runtime/hailo-8/python/speech_recognition/app/
+hailo_whisper_pipeline.py, commit 0764642: `decoder_assets/{variant}/decoder_tokenization/
+token_embedding_weight_{variant}.npy` and `onnx_add_input_{variant}.npy`), so the folder can be
+dropped into that app. `python -m pipeline.host.transcriber --model bundle/` transcribes with it.
 
 Every file is copied or written atomically; `bundle_files()` lists what a complete bundle holds,
 so the stage cache can check it.
@@ -29,7 +37,7 @@ from pipeline.tables import (
     BuildSpec,
 )
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2  # 2: host arrays under Hailo app names, ONNX pair shipped
 CONFIG_NAME = "config.json"
 README_NAME = "README.md"
 NOT_DEPLOYABLE_BANNER = (
@@ -38,15 +46,31 @@ NOT_DEPLOYABLE_BANNER = (
 )
 
 
-def _host_asset_names(export: Mapping[str, Any]) -> list[str]:
+def host_array_names(variant: str) -> dict[str, str]:
+    """Bundle paths of the host arrays, as Hailo's speech-recognition app loads them."""
+    folder = f"decoder_assets/{variant}/decoder_tokenization"
+    return {"token_embedding": f"{folder}/token_embedding_weight_{variant}.npy",
+            "positional_embedding": f"{folder}/onnx_add_input_{variant}.npy"}
+
+
+def onnx_names(export: Mapping[str, Any]) -> dict[str, str]:
+    return {m: f"onnx/{export[m]['onnx']}" for m in ("encoder", "decoder")}
+
+
+def _copies(export: Mapping[str, Any], variant: str) -> dict[str, str]:
+    """{bundle path: export file name} of everything copied from the export."""
     assets = export["host_assets"]
-    return [assets["token_embedding"], assets["positional_embedding"], *assets.get("tokenizer_files", [])]
+    arrays = host_array_names(variant)
+    copies = {arrays[k]: assets[k] for k in ("token_embedding", "positional_embedding")}
+    copies.update({name: name for name in assets.get("tokenizer_files", [])})
+    copies.update({path: export[m]["onnx"] for m, path in onnx_names(export).items()})
+    return copies
 
 
 def bundle_files(bundle_dir: Path, export: Mapping[str, Any]) -> list[Path]:
     """Every file of a complete bundle."""
     names = [f"{export['encoder']['net_name']}.hef", f"{export['decoder']['net_name']}.hef",
-             *_host_asset_names(export), CONFIG_NAME, README_NAME]
+             *_copies(export, export["variant"]), CONFIG_NAME, README_NAME]
     return [Path(bundle_dir) / n for n in names]
 
 
@@ -100,7 +124,9 @@ def make_config(spec: BuildSpec, export: Mapping[str, Any], hefs: Mapping[str, P
             "logits_splits": DECODER_VOCAB_SPLITS,
             "logits": "concatenate the split outputs in order along the last axis -> [1, seq_len, vocab]",
         },
-        "host_assets": dict(export["host_assets"]),
+        "host_assets": {**host_array_names(spec.variant.name),
+                        "tokenizer_files": list(export["host_assets"].get("tokenizer_files", []))},
+        "onnx": onnx_names(export),
         "tokens": dict(export.get("tokens") or {}),
         "embedding": "embedded[t] = token_embedding[token_t] + positional_embedding[t]",
     }
@@ -172,8 +198,9 @@ def make_bundle(bundle_dir: Path, *, spec: BuildSpec, export: Mapping[str, Any],
     bundle_dir.mkdir(parents=True, exist_ok=True)
     for model in ("encoder", "decoder"):
         _copy_atomic(Path(hefs[model]), bundle_dir / Path(hefs[model]).name)
-    for name in _host_asset_names(export):
-        _copy_atomic(Path(export_dir) / name, bundle_dir / name)
+    for target, source in _copies(export, spec.variant.name).items():
+        (bundle_dir / target).parent.mkdir(parents=True, exist_ok=True)
+        _copy_atomic(Path(export_dir) / source, bundle_dir / target)
     config = make_config(spec, export, hefs, dfc_version, rehearsal)
     write_json_atomic(bundle_dir / CONFIG_NAME, config)
     write_text_atomic(bundle_dir / README_NAME, render_readme(config))
