@@ -332,6 +332,38 @@ def build(c, variant="tiny", arch="hailo8l", seconds=None, seq_len=None, model=N
     run_build(options)
 
 
+@task(
+    help={
+        "build_dir": "the build directory to evaluate (build/<variant>-<arch>); nothing in it is changed",
+        "eval": "evaluation speech: LibriSpeech layout (*.trans.txt) or a folder with transcripts.tsv",
+        "eval_download": "download LibriSpeech test-clean (346 MB, checksummed, resumable) instead of --eval",
+        "eval_dest": "where --eval-download puts it (default build/eval-download)",
+        "rows": "comma-separated rows (default all): reference,onnx,native,quantized,quantized-encoder,"
+                "quantized-decoder,device",
+        "long": "utterances longer than the window: skip (default, counted) or chunk (cut and joined)",
+        "limit": "use the first N usable utterances",
+        "threads": "CPU threads for ONNX Runtime / torch (default: all)",
+        "json": "print the ladder as JSON instead of a table",
+    }
+)
+@_friendly_errors
+def evaluate(c, build_dir, eval=None, eval_download=False, eval_dest="build/eval-download", rows=None,
+             long="skip", limit=None, threads=None, json=False):
+    """The accuracy ladder: WER/CER of the same utterances from the checkpoint down to the device."""
+    import json as json_module
+    from pathlib import Path
+
+    from pipeline.host.ladder import ROWS, EvalOptions, evaluate_build, render_markdown
+
+    options = EvalOptions(eval_dir=Path(eval) if eval else None, download=eval_download,
+                          download_dest=Path(eval_dest), long=long,
+                          limit=int(limit) if limit is not None else None,
+                          threads=int(threads) if threads is not None else None)
+    chosen = tuple(r.strip() for r in rows.split(",")) if rows else ROWS
+    ladder = evaluate_build(Path(build_dir), options, chosen, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(json_module.dumps(ladder.to_json(), indent=2) if json else render_markdown(ladder))
+
+
 @task(help={"out": "scratch folder for the benchmark builds (default: a temp dir)",
             "keep": "keep the scratch folder afterwards"})
 @_friendly_errors

@@ -329,3 +329,46 @@ def wer_increase(ladder: Ladder, row: str = "quantized") -> Optional[float]:
         return None
     a, b = ladder.row(row), ladder.row(BASELINE)
     return 100 * (a.wer - b.wer) if a.available and b.available else None
+
+
+# --- `invoke evaluate` --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Where the evaluation speech comes from and how it is used (made once by the entry point)."""
+
+    eval_dir: Optional[Path] = None  # LibriSpeech layout or transcripts.tsv
+    download: bool = False  # LibriSpeech test-clean into `download_dest`
+    download_dest: Path = Path("build/eval-download")
+    long: str = "skip"  # utterances longer than the window: "skip" | "chunk"
+    limit: Optional[int] = None  # first N usable utterances
+    threads: Optional[int] = None
+
+    def __post_init__(self):
+        if (self.eval_dir is None) == (not self.download):
+            raise ToolchainError("Pass exactly one of --eval DIR and --eval-download.",
+                                 "--eval takes a LibriSpeech-style folder or one with transcripts.tsv; "
+                                 "--eval-download fetches LibriSpeech test-clean (346 MB).")
+        if self.limit is not None and self.limit < 1:
+            raise ToolchainError(f"--limit {self.limit} is not positive.", "Pass 1 or more.")
+
+
+def build_window_seconds(build_dir: Path) -> float:
+    layout = Layout(Path(build_dir))
+    if not layout.export_json.is_file():
+        raise ToolchainError(f"{layout.root} has no finished export ({layout.export_json} is missing): every "
+                             "ladder row needs it.", "Run `invoke build` (or `invoke export`) into this directory first.")
+    return float(json.loads(layout.export_json.read_text())["seconds"])
+
+
+def evaluate_build(build_dir: str | Path, options: EvalOptions, rows: Sequence[str] = ROWS,
+                   log: Callable[[str], None] = lambda m: None) -> Ladder:
+    """Load the evaluation speech for the build's window and run the ladder."""
+    seconds = build_window_seconds(Path(build_dir))
+    root = options.eval_dir
+    if options.download:
+        root = eval_speech.download_test_clean(options.download_dest)
+    eval_set = eval_speech.load_eval_set(root, seconds=seconds, long=options.long, limit=options.limit)
+    log(f"{len(eval_set.utterances)} utterances from {eval_set.root} ({len(eval_set.skipped)} skipped)")
+    return run_ladder(build_dir, eval_set, rows, threads=options.threads, log=log)
