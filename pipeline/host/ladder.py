@@ -54,6 +54,7 @@ class Row:
     cer_ci: Optional[tuple] = None
     wer_diff_to_onnx: Optional[float] = None
     wer_diff_ci: Optional[tuple] = None
+    changed_vs_onnx: Optional[float] = None  # WER of this row's text against the onnx row's text
     snr_db: dict = field(default_factory=dict)
 
 
@@ -248,10 +249,9 @@ def run_ladder(build_dir: str | Path, eval_set: eval_speech.EvalSet, rows: Seque
     if not utterances:
         raise ToolchainError("No utterance left to evaluate after reading the audio.", "Check the skipped files listed above.")
     indices = wer.resample_indices(len(utterances))
-    results, counts = [], {}
-    ordered = [r for r in ROWS if r in rows]
-    if BASELINE not in ordered and len(ordered) > 0:
-        ordered = [BASELINE, *ordered]  # every row's paired difference needs the baseline
+    results, counts, baseline_texts = [], {}, []
+    # The baseline runs first (every row's paired difference needs it), the table keeps ROWS order.
+    ordered = [BASELINE, *(r for r in ROWS if r in rows and r != BASELINE)]
     for name in ordered:
         log(f"row {name}: {len(utterances)} utterances")
         try:
@@ -273,9 +273,15 @@ def run_ladder(build_dir: str | Path, eval_set: eval_speech.EvalSet, rows: Seque
         if BASELINE in counts:
             row.wer_diff_to_onnx = words.rate - counts[BASELINE].rate
             row.wer_diff_ci = wer.interval(words, indices, counts[BASELINE])
+            # How much of the float transcript changed at all: sensitive where the WER
+            # difference nets out (a word lost in one utterance and gained in another).
+            row.changed_vs_onnx = wer.error_counts(baseline_texts, [wer.normalize(t) for t in texts])[0].rate
+        if name == BASELINE:
+            baseline_texts = [wer.normalize(t) for t in texts]
         if name.startswith("quantized"):
             row.snr_db = _snr(layout)
         results.append(row)
+    results.sort(key=lambda r: ROWS.index(r.name))
     reasons: dict[str, int] = {}
     for skip in skipped:
         kind = skip.reason.split(":")[0]
@@ -308,16 +314,17 @@ def render_markdown(ladder: Ladder) -> str:
         f"skipped: {skipped}; longer than the window: {chunked}. WER/CER in %, {ladder.bootstrap}; "
         f"text normalized with {ladder.normalizer}.",
         "",
-        "| row | WER % | 95% CI | CER % | 95% CI | WER diff to onnx | 95% CI | s/utt | optimize SNR | note |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| row | WER % | 95% CI | CER % | 95% CI | WER diff to onnx | 95% CI | words changed vs onnx % | s/utt | optimize SNR | note |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in ladder.rows:
         if not row.available:
-            lines.append(f"| {row.name} | not available | | | | | | | | {row.why} |")
+            lines.append(f"| {row.name} | not available | | | | | | | | | {row.why} |")
             continue
         lines.append(
             f"| {row.name} | {_pct(row.wer)} | {_ci(row.wer_ci)} | {_pct(row.cer)} | {_ci(row.cer_ci)} | "
             f"{'' if row.wer_diff_to_onnx is None else f'{100 * row.wer_diff_to_onnx:+.2f}'} | {_ci(row.wer_diff_ci)} | "
+            f"{_pct(row.changed_vs_onnx)} | "
             f"{row.seconds_per_utterance:.3f} | {_snr_text(row.snr_db)} | {row.note} |")
     return "\n".join(lines) + "\n"
 
