@@ -108,8 +108,6 @@ def test_quantization_changes_the_transcripts_and_16_bit_everywhere_narrows_the_
     assert q8.changed_vs_onnx > 0
     assert q16.changed_vs_onnx < q8.changed_vs_onnx
     assert abs(q16.wer_diff_to_onnx) <= abs(q8.wer_diff_to_onnx)
-    # The optimize stage's SNR (the double measures the fake-quantized network against float).
-    assert min(q16.snr_db["decoder"].values()) > min(q8.snr_db["decoder"].values()) + 20 or not q8.snr_db
 
 
 def test_the_bundle_transcribes_like_onnx_greedy_on_the_export(tiny_en_build, eval_set):
