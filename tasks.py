@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 from invoke import Exit, task
 
 from pipeline.errors import ToolchainError
+from pipeline.layout import Layout
+from pipeline.tables import DEFAULT_ARCH, DEFAULT_VARIANT, MODELS
 
 
 def _friendly_errors(fn):
@@ -44,15 +47,13 @@ def _friendly_errors(fn):
     }
 )
 @_friendly_errors
-def doctor(c, arch="hailo8l", vendor="vendor", build_dir="build", cpu=False, allow_gpu=False,
+def doctor(c, arch=DEFAULT_ARCH, vendor="vendor", build_dir="build", cpu=False, allow_gpu=False,
            no_docker=False, json=False):
     """List every blocker a build would hit, each with its fix.
 
     Checks GPUs and the gate's decision, the driver, Docker Engine, NVIDIA container runtime,
     the DFC wheel in vendor/, free disk and memory. Exits 1 when a build would fail.
     """
-    from pathlib import Path
-
     from pipeline.host.doctor import run_doctor
 
     report = run_doctor(arch, vendor_dir=Path(vendor), build_dir=Path(build_dir), cpu=cpu,
@@ -74,7 +75,7 @@ def doctor(c, arch="hailo8l", vendor="vendor", build_dir="build", cpu=False, all
     }
 )
 @_friendly_errors
-def gpu_check(c, name, compute, arch="hailo8l", driver=None):
+def gpu_check(c, name, compute, arch=DEFAULT_ARCH, driver=None):
     """Judge a GPU for an arch without having the card (e.g. before renting one).
 
     Prints the decision and reason; exits 0 when supported, 1 when refused or unknown.
@@ -104,7 +105,8 @@ def gpu_check(c, name, compute, arch="hailo8l", driver=None):
     }
 )
 @_friendly_errors
-def export(c, variant="tiny", seconds=None, seq_len=None, model=None, out=None, arch="hailo8l", offline=False):
+def export(c, variant=DEFAULT_VARIANT, seconds=None, seq_len=None, model=None, out=None, arch=DEFAULT_ARCH,
+           offline=False):
     """Export Whisper to Hailo-compatible encoder/decoder ONNX, with parity checks (pipeline/export/export.py)."""
     from pipeline.export.export import export_whisper, make_config
 
@@ -124,7 +126,8 @@ def export(c, variant="tiny", seconds=None, seq_len=None, model=None, out=None, 
         "audio": "folder of speech recordings, searched recursively (wav/flac/ogg/...)",
         "download": "no --audio: download LibriSpeech dev-clean (337 MB) into <build>/calib/download",
         "seconds": "window length = the encoder input (default: the variant's, tiny 10, base 5)",
-        "size": "target encoder entries (default: tiny 4000, base 2048)",
+        "size": "target encoder entries (default: what the model scripts need, as `invoke build` uses)",
+        "profile": "model-script profile whose needs size the set by default: full or quick (default full)",
         "min_entries": "fail below this many usable entries (the model script's finetune dataset_size)",
         "seed": "shuffle seed (default 0)",
         "export_dir": "pipeline.export.export output for the decoder set (default <build>/export)",
@@ -134,41 +137,47 @@ def export(c, variant="tiny", seconds=None, seq_len=None, model=None, out=None, 
     }
 )
 @_friendly_errors
-def calib(c, variant="tiny", arch="hailo8l", audio=None, download=False, seconds=None, size=None, min_entries=1,
-          seed=0, export_dir=None, build_dir=None, encoder_only=False, workers=None):
+def calib(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, audio=None, download=False, seconds=None, size=None,
+          min_entries=1, seed=0, export_dir=None, build_dir=None, encoder_only=False, workers=None, profile="full"):
     """Calibration sets: encoder log-mels (.npy) and decoder pairs (.npz) in <build>/calib (calib/)."""
-    from pathlib import Path
-
     from calib.decoder_set import DecoderSetConfig, build_decoder_set
-    from calib.encoder_set import EncoderSetConfig, build_encoder_set, default_calib_size
+    from calib.encoder_set import EncoderSetConfig, build_encoder_set
     from calib.librispeech import download_librispeech
+    from pipeline.dfc.model_scripts import calibration_entries_needed
     from pipeline.tables import resolve_spec
 
     spec = resolve_spec(variant, arch, None if seconds is None else float(seconds))
-    root = Path(build_dir) if build_dir else Path("build") / spec.build_name
+    layout = Layout(Path(build_dir) if build_dir else Path("build") / spec.build_name)
     if audio is None:
         if not download:
             raise ToolchainError("No calibration audio given.", "Pass --audio DIR (speech recordings) or --download.")
-        audio = download_librispeech(root / "calib" / "download")
+        audio = download_librispeech(layout.download_dir)
     workers = None if workers is None else int(workers)
+    size = int(size) if size is not None else calibration_entries_needed(variant, arch, profile)
     encoder = build_encoder_set(EncoderSetConfig(
-        audio_dir=Path(audio), out=root / "calib" / "encoder_calib.npy", seconds=spec.seconds,
-        size=int(size) if size is not None else default_calib_size(variant), min_entries=int(min_entries),
-        seed=int(seed), workers=workers))
+        audio_dir=Path(audio), out=layout.encoder_calib, seconds=spec.seconds, size=size,
+        min_entries=int(min_entries), seed=int(seed), workers=workers))
     print(f"encoder set: {encoder.path} {list(encoder.shape)} ({len(encoder.skipped)} files skipped; "
           f"manifest {encoder.manifest_path})")
     if encoder_only:
         return
     decoder = build_decoder_set(DecoderSetConfig(
-        encoder_set=encoder.path, export_dir=Path(export_dir) if export_dir else root / "export",
-        out=root / "calib" / "decoder_calib.npz", workers=workers))
+        encoder_set=encoder.path, export_dir=Path(export_dir) if export_dir else layout.export_dir,
+        out=layout.decoder_calib, workers=workers))
     print(f"decoder set: {decoder.path} " + ", ".join(f"{k} {v}" for k, v in decoder.shapes.items()))
 
 # --- DFC stages (pipeline/dfc/client.py, pipeline/dfc/optimize.py, pipeline/dfc/compile.py) -------------------
 
 
 def _dfc_models(model):
-    return ("encoder", "decoder") if model == "both" else (model,)
+    return MODELS if model == "both" else (model,)
+
+
+def _build_layout(variant, arch, build_dir) -> Layout:
+    """The build directory a task works in: --build-dir, else build/<variant>-<arch> (BuildSpec.build_name)."""
+    from pipeline.tables import resolve_spec
+
+    return Layout(Path(build_dir) if build_dir else Path("build") / resolve_spec(variant, arch).build_name)
 
 
 @task(
@@ -183,15 +192,12 @@ def _dfc_models(model):
     }
 )
 @_friendly_errors
-def optimize(c, variant="tiny", arch="hailo8l", model="both", profile="full", model_script=None,
+def optimize(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, model="both", profile="full", model_script=None,
              noise_analysis=False, build_dir=None):
     """Parse (if needed) and optimize with the DFC installed HERE (no container; `invoke build` uses one)."""
-    from pathlib import Path
-
     from pipeline.dfc.optimize import optimize_build
 
-    build = Path(build_dir) if build_dir else Path("build") / f"{variant}-{arch}"
-    results = optimize_build(build, arch, _dfc_models(model), profile,
+    results = optimize_build(_build_layout(variant, arch, build_dir).root, arch, _dfc_models(model), profile,
                              Path(model_script) if model_script else None, noise_analysis)
     for name, result in results.items():
         print(f"{name}: {result['har']} (SNR {result['snr_db'] or 'not measured'})")
@@ -206,14 +212,11 @@ def optimize(c, variant="tiny", arch="hailo8l", model="both", profile="full", mo
     }
 )
 @_friendly_errors
-def compile(c, variant="tiny", arch="hailo8l", model="both", build_dir=None):
+def compile(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, model="both", build_dir=None):
     """Compile optimized HARs to HEFs with the DFC installed HERE (no container)."""
-    from pathlib import Path
-
     from pipeline.dfc.compile import compile_build
 
-    build = Path(build_dir) if build_dir else Path("build") / f"{variant}-{arch}"
-    for name, result in compile_build(build, arch, _dfc_models(model)).items():
+    for name, result in compile_build(_build_layout(variant, arch, build_dir).root, arch, _dfc_models(model)).items():
         print(f"{name}: {result['hef']} ({result['contexts']} contexts, sha256 {result['hef_sha256'][:12]})")
 
 
@@ -231,15 +234,13 @@ def dfc_double_wheel(c, dest="vendor", version=None):
     Version: --version, else $HAILO_DOUBLE_VERSION, else 3.31.0+testdouble.
     """
     import os
-    from pathlib import Path
-
     from pipeline.host.vendor import build_test_double_wheel
 
     version = version or os.environ.get("HAILO_DOUBLE_VERSION") or "3.31.0+testdouble"
     print(build_test_double_wheel(Path("tests/dfc_double"), Path(dest), version))
 
 
-# --- containers (pipeline/containers.py) -------------------------------------------------------
+# --- images (pipeline/host/docker_engine.py) ------------------------------------------------------
 
 
 @task(
@@ -254,8 +255,6 @@ def dfc_double_wheel(c, dest="vendor", version=None):
 @_friendly_errors
 def image(c, target, base_image=None, wheelhouse=None, vendor="vendor", dfc_sha256=None):
     """Build one toolchain image (skipped when an image of the same inputs exists)."""
-    from pathlib import Path
-
     from pipeline.host.docker_engine import ensure_image
 
     ref = ensure_image(
@@ -297,14 +296,12 @@ def image(c, target, base_image=None, wheelhouse=None, vendor="vendor", dfc_sha2
     },
 )
 @_friendly_errors
-def build(c, variant="tiny", arch="hailo8l", seconds=None, seq_len=None, model=None, calib=None,
+def build(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, seconds=None, seq_len=None, model=None, calib=None,
           calib_download=False, calib_size=None, profile="full", model_script=None, cpu=False,
           allow_gpu=False, no_docker=False, out=None, force=None, vendor="vendor", base_image=None,
           wheelhouse=None):
     """Build encoder and decoder HEFs end to end (resumable; reruns only what changed)."""
     import os
-    from pathlib import Path
-
     from pipeline.host.build import BuildOptions, run_build
 
     options = BuildOptions(

@@ -23,29 +23,19 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from numpy.lib import format as npy_format
 from tqdm import tqdm
 
 from calib.audio import resolve_workers
+from calib.config import DecoderSetConfig
 from pipeline.export import onnx_greedy
 from pipeline.errors import ToolchainError
 from pipeline.export.meta import read_export_json
 from pipeline.files import temp_path_for, write_json_atomic
 
 MANIFEST_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class DecoderSetConfig:
-    encoder_set: Path  # .npy [N, 1, frames, 80] from calib.encoder_set
-    export_dir: Path  # pipeline.export.export output (export.json + ONNX + host .npy assets)
-    out: Path  # .npz; a manifest goes to <stem>.manifest.json beside it
-    size: Optional[int] = None  # use the first `size` entries (None: all)
-    workers: Optional[int] = None  # concurrent samples (None: every available core)
-    progress: bool = True
 
 
 @dataclass

@@ -13,6 +13,9 @@ How a set is made (deterministic for the same files, seconds, size and seed):
    that the next windows of the shuffled order fill; if the audio runs out the set is compacted
    to what there is (never repeated) and fails only below `min_entries` or at zero;
 6. the file is renamed into place and `<name>.manifest.json` written beside it.
+
+About 410 lines: the steps above share the slot writer and the worker protocol; split further
+they would only pass those between modules.
 """
 
 from __future__ import annotations
@@ -26,56 +29,24 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable
 
 import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from calib.audio import AudioInfo, Skip, file_list_sha256, find_audio_files, is_silent, probe, read_span, resolve_workers
+from calib.config import EncoderSetConfig
 from calib.mel import log_mel
 from pipeline.errors import ToolchainError
 from pipeline.files import temp_path_for, write_json_atomic
-from pipeline.tables import FRAMES_PER_SECOND, HOP_LENGTH, N_MELS, SAMPLE_RATE, get_variant
+from pipeline.tables import HOP_LENGTH, N_MELS, SAMPLE_RATE
 
 MANIFEST_FORMAT = 1
-
-# Calibration entries the model scripts' finetune step is sized for, by variant family
-# (hailo-whisper's scripts: tiny 4000 entries at 10 s, base 2048 at 5 s).
-_DEFAULT_SIZES = {"tiny": 4000, "base": 2048}
 
 # Written rows are flushed and dropped from this process's memory every this many bytes, so the
 # set's size never shows up in RSS (the data stays in the page cache / on disk).
 _FLUSH_BYTES = 64 << 20
-
-
-def default_calib_size(variant_name: str) -> int:
-    """Default encoder calibration entries for a Whisper variant ('tiny.en' -> 4000, 'base' -> 2048)."""
-    family = get_variant(variant_name).name.split(".")[0]
-    return _DEFAULT_SIZES[family]
-
-
-@dataclass(frozen=True)
-class EncoderSetConfig:
-    """What to build; made once by the entry point and passed down."""
-
-    audio_dir: Path
-    out: Path  # the .npy; the manifest goes to <stem>.manifest.json beside it
-    seconds: float = 10.0
-    size: int = 4000  # target entries; fewer if the audio runs out
-    min_entries: int = 1  # fail below this (the finetune dataset_size of the model script)
-    seed: int = 0
-    workers: Optional[int] = None  # None: every available core
-    windows_per_task: int = 8  # mels a worker computes and sends back at once
-    progress: bool = True
-
-    @property
-    def window_samples(self) -> int:
-        return int(round(self.seconds * SAMPLE_RATE))
-
-    @property
-    def frames(self) -> int:
-        return int(round(self.seconds * FRAMES_PER_SECOND))
 
 
 @dataclass

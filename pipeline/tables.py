@@ -30,6 +30,17 @@ MAX_SECONDS = 30  # Whisper's native window: 3000 frames, 1500 encoder positions
 MAX_TARGET_POSITIONS = 448  # decoder positional embedding rows
 DECODER_VOCAB_SPLITS = 4  # the vocabulary projection is split in 4 matmuls to fit Hailo-8
 
+# What a command builds when no variant or arch is given (invoke tasks, the export CLI, BuildOptions).
+DEFAULT_VARIANT = "tiny"
+DEFAULT_ARCH = "hailo8l"
+
+# The two networks every build converts, in build order, and the generated model-script profiles
+# (pipeline/dfc/model_scripts.py: full = hailo-whisper's settings, quick = minutes on a CPU).
+MODELS = ("encoder", "decoder")
+PROFILES = ("full", "quick")
+# Libraries the export stage records in export.json (the manifest looks them up natively when not).
+EXPORT_LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "onnxslim", "numpy")
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -147,6 +158,9 @@ IMAGES: Mapping[str, DfcImage] = {
         ),
     )
 }
+# Every image a stage runs in: the CPU-only export image (its base is in pipeline/host/docker_engine.py)
+# and the DFC images above.
+STAGE_IMAGES = ("export", *IMAGES)
 
 
 @dataclass(frozen=True)

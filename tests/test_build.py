@@ -1,4 +1,5 @@
-"""invoke build: options, preflight, code fingerprints, and the whole flow end to end.
+"""invoke build (pipeline/host/build.py): the whole flow end to end (options: test_build_options.py,
+preflight: test_preflight.py).
 
 The end-to-end tests run every stage for real (export of a random-init tiny Whisper, calibration
 sets from espeak-ng speech, ONNX Runtime) with the DFC test double from tests/dfc_double in place
@@ -9,7 +10,6 @@ sequence full build -> no-op -> model script change -> killed in optimize -> res
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
 import os
@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from pipeline.host.build import BuildOptions, preflight, run_build, Layout
+from pipeline.host.build import run_build
+from pipeline.host.build_options import BuildOptions
 from pipeline.host.build_lock import BuildLock
 from pipeline.errors import ToolchainError
 from pipeline.dfc.model_scripts import resolve_model_script
@@ -27,63 +28,6 @@ from pipeline.host.stage_cache import STAGE_ORDER
 TESTS = Path(__file__).resolve().parent
 DFC_DOUBLE = TESTS / "dfc_double"
 SECONDS, SEQ_LEN = 1, 8
-
-
-# --- options and preflight -------------------------------------------------------------------------
-
-
-def test_options_refuse_bad_combinations_with_the_fix(tmp_path):
-    with pytest.raises(ToolchainError, match="--calib and --calib-download"):
-        BuildOptions(calib_dir=tmp_path, calib_download=True)
-    with pytest.raises(ToolchainError, match="Unknown profile 'fast'"):
-        BuildOptions(calib_dir=tmp_path, profile="fast")
-    with pytest.raises(ToolchainError, match="'optimise' is not a stage"):
-        BuildOptions(calib_dir=tmp_path, force=("optimise",))
-    with pytest.raises(ToolchainError, match="Unknown Whisper variant 'small'"):
-        BuildOptions(calib_dir=tmp_path, variant="small").spec
-    options = BuildOptions(calib_dir=tmp_path, variant="base", arch="hailo10h")
-    assert options.build_dir == Path("build/base-hailo10h").absolute()
-    assert (options.spec.seconds, options.spec.seq_len) == (5, 24)
-
-
-def test_preflight_reports_every_blocker_at_once_and_writes_nothing(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    no_audio = BuildOptions(cpu=True, no_docker=True, out=tmp_path / "out", vendor_dir=tmp_path / "vendor")
-    with pytest.raises(ToolchainError, match="calibration audio: none given") as err:
-        preflight(no_audio, no_audio.spec, Layout(no_audio.build_dir))
-    assert "--calib DIR" in str(err.value) and "--calib-download" in str(err.value)
-    options = BuildOptions(
-        model=str(tmp_path / "no-such-model"),
-        calib_dir=tmp_path / "no-such-audio",
-        model_script=tmp_path / "missing.alls",
-        calib_size=3,
-        cpu=True,
-        no_docker=True,
-        out=tmp_path / "out",
-        vendor_dir=tmp_path / "vendor",
-    )
-    with pytest.raises(ToolchainError) as err:
-        preflight(options, options.spec, Layout(options.build_dir))
-    text = str(err.value)
-    assert "blocker(s)" in text
-    for needle in ("no-such-model is not a folder", "no-such-audio is not a folder",
-                   "missing.alls does not exist"):
-        assert needle in text, needle
-    if importlib.util.find_spec("hailo_sdk_client") is None:  # the doctor's check, natively
-        assert "hailo_sdk_client is not installed" in text
-    assert not (tmp_path / "out").exists()
-
-
-def test_preflight_refuses_a_calib_size_below_the_scripts_needs(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(DFC_DOUBLE))
-    audio = tmp_path / "audio"
-    audio.mkdir()
-    (audio / "a.wav").write_bytes(b"RIFF")
-    options = BuildOptions(calib_dir=audio, calib_size=3, profile="quick", cpu=True, no_docker=True,
-                           out=tmp_path / "out", vendor_dir=tmp_path / "vendor")
-    needed = resolve_model_script("tiny", "hailo8l", "encoder", "quick").needs.entries
-    with pytest.raises(ToolchainError, match=f"--calib-size 3 is below the {needed} entries"):
-        preflight(options, options.spec, Layout(options.build_dir))
 
 
 # --- end to end --------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import soundfile
 
 import calib.encoder_set as encoder_set
 from calib.audio import load_audio
-from calib.encoder_set import EncoderSetConfig, build_encoder_set, default_calib_size, manifest_path_for
+from calib.encoder_set import EncoderSetConfig, build_encoder_set, manifest_path_for
 from calib.mel import log_mel
 from pipeline.errors import ToolchainError
 
@@ -42,15 +42,6 @@ def _expected_windows(speech_dir, seconds=2.0):
 
 def _only_outputs(folder):
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
-
-
-def test_default_sizes():
-    assert default_calib_size("tiny") == 4000
-    assert default_calib_size("tiny.en") == 4000
-    assert default_calib_size("base") == 2048
-    assert default_calib_size("base.en") == 2048
-    with pytest.raises(ToolchainError, match="Unknown Whisper variant 'large'"):
-        default_calib_size("large")
 
 
 def test_every_window_becomes_one_nhwc_entry_with_the_whisper_mel(speech_dir, tmp_path):

@@ -18,6 +18,7 @@ import pytest
 
 from pipeline.dfc import client as dfc
 from pipeline.dfc.compile import CompileConfig, compile_build, run_compile
+from pipeline.dfc.inputs import load_network_export
 from pipeline.errors import ToolchainError
 from pipeline.files import sha256_file
 from pipeline.dfc.model_scripts import resolve_model_script
@@ -314,7 +315,7 @@ def test_broken_export_json(export_copy, tmp_path, problem):
         _edit_export(export_copy, lambda m: m.update(format=0))
         match = "is not an export.json of format 1"
     with pytest.raises(ToolchainError, match=match):
-        dfc.load_network_export(export_copy, "encoder")
+        load_network_export(export_copy, "encoder")
 
 
 @pytest.mark.slow

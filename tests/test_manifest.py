@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from pipeline.host.build import dfc_version_of, is_rehearsal
+from pipeline.host.manifest import dfc_version_of, is_rehearsal
 from pipeline.host.manifest import (
     LOW_SNR_DB,
     NOT_DEPLOYABLE,

@@ -190,3 +190,18 @@ def test_cli_prints_the_script(capsys):
     out = capsys.readouterr().out
     assert out.startswith("# whisper-hailo-toolchain quick profile: base decoder for hailo8")
     assert "calibset_size=16" in out and "checker_cfg" not in out
+
+
+def test_the_calibration_size_is_the_largest_need_of_either_models_script():
+    # The one default size of the encoder set, for `invoke calib` and `invoke build` alike.
+    assert ms.calibration_entries_needed("tiny", "hailo8l", "full") == 3340  # encoder fine-tune dataset_size
+    assert ms.calibration_entries_needed("base", "hailo8l", "full") == 2048
+    assert ms.calibration_entries_needed("tiny", "hailo8l", "quick") == 16
+
+
+def test_a_users_script_sets_the_calibration_size(tmp_path):
+    script = tmp_path / "decoder.alls"
+    script.write_text("post_quantization_optimization(finetune, policy=enabled, dataset_size=5000)\n")
+    needed = ms.calibration_entries_needed("tiny", "hailo8l", "quick",
+                                           lambda model: script if model == "decoder" else None)
+    assert needed == 5000

@@ -4,9 +4,12 @@
     -> <out-dir>/<net>.hef (written atomically), <out-dir>/<net>_compiled.har, <out-dir>/compile.json
 
 A .hef left from an earlier run is removed before compiling, so after a failed or interrupted
-compile there is no .hef at all. compile.json: {"stage": "compile", "ok": true, "dfc_version",
+compile there is no .hef at all. compile.json: {"dfc_version",
 "arch", "net_name", "har_in", "har_in_sha256", "hef", "hef_sha256", "hef_bytes", "compiled_har",
-"compiled_har_sha256", "contexts", "duration_s", "timeline", "summary", "log"}.
+"compiled_har_sha256", "contexts"} plus the common fields.
+Every result JSON also has the fields `pipeline.dfc.client.run_dfc_step` adds: "format", "stage",
+"ok", "started_at", "duration_s", "dfc_s" (inside the DFC), "dfc_is_test_double", "log",
+"timeline", "summary".
 """
 
 from __future__ import annotations
@@ -15,22 +18,37 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 from pipeline.dfc import client as dfc
-from pipeline.tables import ARCHS
+from pipeline.dfc.inputs import load_network_export
+from pipeline.errors import ToolchainError
+from pipeline.layout import Layout
+from pipeline.tables import ARCHS, MODELS
 
 
 @dataclass(frozen=True)
 class CompileConfig:
+    """One compile run; `to_argv()` is the command line `build_parser()` reads back into it."""
+
+    MODULE: ClassVar[str] = "pipeline.dfc.compile"
+
     har: Path  # the optimized HAR (<net>_optimized.har)
     arch: str
     out_dir: Path
     log: Optional[Path] = None
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "CompileConfig":
+        return cls(args.har, args.arch, args.out_dir, args.log)
+
+    def to_argv(self) -> list[str]:
+        argv = ["--har", str(self.har), "--arch", self.arch, "--out-dir", str(self.out_dir)]
+        return argv + (["--log", str(self.log)] if self.log else [])
+
 
 def run_compile(config: CompileConfig) -> dict:
-    return dfc.run_stage("compile", config.out_dir,
+    return dfc.run_dfc_step("compile", config.out_dir,
                          lambda: dfc.compile_har(config.har, config.arch, config.out_dir), config.log)
 
 
@@ -52,27 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    return dfc.cli_main(build_parser(), lambda a: run_compile(CompileConfig(a.har, a.arch, a.out_dir, a.log)), argv)
+    return dfc.cli_main(build_parser(), lambda a: run_compile(CompileConfig.from_args(a)), argv)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
-def compile_build(build_dir: Path, arch: str, models=("encoder", "decoder")) -> dict:
+def compile_build(build_dir: Path, arch: str, models=MODELS) -> dict:
     """`invoke compile`: compile <build>/dfc/<model>/<net>_optimized.har for each model."""
-    build_dir = Path(build_dir)
+    layout = Layout(build_dir)
     results = {}
     for model in models:
-        network = dfc.load_network_export(build_dir / "export", model)
-        out = build_dir / "dfc" / model
-        har = dfc.har_path(out, network.net_name, "optimize")
-        if not (har.is_file() and (out / "optimize.json").is_file()):
-            from pipeline.errors import ToolchainError
-
+        network = load_network_export(layout.export_dir, model)
+        out = layout.dfc_dir(model)
+        har = layout.har(model, network.net_name, "optimize")
+        if not (har.is_file() and layout.dfc_result(model, "optimize").is_file()):
             # optimize.json is written last: without it the HAR is from an earlier or failed run
-            raise ToolchainError(f"{har} or {out / 'optimize.json'} is missing: the {model} is not "
+            raise ToolchainError(f"{har} or {layout.dfc_result(model, 'optimize')} is missing: the {model} is not "
                                  "optimized (or its last optimize failed).",
                                  f"Run `invoke optimize --model {model}` first.")
         results[model] = run_compile(CompileConfig(har, arch, out))
     return results
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,6 +19,9 @@ fine-tune that runs out of data fails after hours of statistics collection).
 Caveat, known only to a machine with the DFC: the 16-bit layer names (`conv4`, ...) are the names
 the DFC gave hailo-whisper's graphs. Our export follows the same graph changes, but if the DFC
 numbers our layers differently, it rejects or silently skips a name; compare with the HAR's layers.
+
+About 470 lines: the recipe tables (about 100 lines of data), the .alls reader and the needs it
+derives belong together — the reader checks what the recipes write.
 """
 
 from __future__ import annotations
@@ -28,13 +31,10 @@ import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from pipeline.errors import ToolchainError
-from pipeline.tables import ARCHS, VARIANTS
-
-MODELS = ("encoder", "decoder")
-PROFILES = ("full", "quick")
+from pipeline.tables import ARCHS, MODELS, PROFILES, VARIANTS
 
 # DFC defaults when a script does not say (Hailo DFC user guide, model_optimization_config and
 # post_quantization_optimization sections). Uncertain across versions; only used for the pre-check.
@@ -434,6 +434,15 @@ def resolve_model_script(
         text = text.rstrip("\n") + "\n" + NOISE_ANALYSIS_COMMAND + "\n"
         commands = parse_model_script(text, source)
     return ResolvedScript(text=text, source=source, profile=used_profile, commands=tuple(commands))
+
+
+def calibration_entries_needed(variant: str, arch: str, profile: str = "full",
+                               model_script_for: Callable[[str], Optional[Path]] = lambda model: None) -> int:
+    """The most calibration entries either model's script uses (calibset_size, fine-tune
+    dataset_size): the one default size of the encoder calibration set, for `invoke calib` and
+    `invoke build` alike. `model_script_for(model)`: the user's .alls for that model, or None."""
+    return max(resolve_model_script(variant, arch, model, profile, model_script_for(model)).needs.entries
+               for model in MODELS)
 
 
 def _check_choice(what: str, value: str, choices) -> None:

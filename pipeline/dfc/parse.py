@@ -4,10 +4,12 @@
     -> <out-dir>/<net>.har, <out-dir>/parse.json
 
 The ONNX file, network name, start/end node names and input shapes all come from export.json.
-parse.json: {"stage": "parse", "ok": true, "dfc_version", "arch", "model", "net_name", "onnx",
-"onnx_sha256", "start_node_names", "end_node_names", "net_input_shapes", "input_layers"
-{"<net>/input_layer1": [-1, H, W, C]}, "output_layers", "har", "har_sha256", "duration_s",
-"timeline", "summary", "log"}.
+parse.json: {"dfc_version", "arch", "model", "net_name", "onnx", "onnx_sha256", "start_node_names",
+"end_node_names", "net_input_shapes", "input_layers" {"<net>/input_layer1": [-1, H, W, C]},
+"output_layers", "har", "har_sha256"} plus the common fields.
+Every result JSON also has the fields `pipeline.dfc.client.run_dfc_step` adds: "format", "stage",
+"ok", "started_at", "duration_s", "dfc_s" (inside the DFC), "dfc_is_test_double", "log",
+"timeline", "summary".
 """
 
 from __future__ import annotations
@@ -16,25 +18,39 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 from pipeline.dfc import client as dfc
-from pipeline.tables import ARCHS
+from pipeline.dfc.inputs import load_network_export
+from pipeline.tables import ARCHS, MODELS
 
 
 @dataclass(frozen=True)
 class ParseConfig:
+    """One parse run; `to_argv()` is the command line `build_parser()` reads back into it."""
+
+    MODULE: ClassVar[str] = "pipeline.dfc.parse"
+
     export_dir: Path
     model: str  # "encoder" | "decoder"
     arch: str
     out_dir: Path
     log: Optional[Path] = None  # parse this log for the timeline instead of capturing the console
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "ParseConfig":
+        return cls(args.export_dir, args.model, args.arch, args.out_dir, args.log)
+
+    def to_argv(self) -> list[str]:
+        argv = ["--export-dir", str(self.export_dir), "--model", self.model, "--arch", self.arch,
+                "--out-dir", str(self.out_dir)]
+        return argv + (["--log", str(self.log)] if self.log else [])
+
 
 def run_parse(config: ParseConfig) -> dict:
     """Check the DFC version and the export, parse, save the HAR and parse.json; return the result."""
-    network = dfc.load_network_export(config.export_dir, config.model)
-    return dfc.run_stage("parse", config.out_dir,
+    network = load_network_export(config.export_dir, config.model)
+    return dfc.run_dfc_step("parse", config.out_dir,
                          lambda: dfc.parse(network, config.arch, config.out_dir), config.log)
 
 
@@ -48,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--export-dir", type=Path, required=True,
                         help="directory with export.json and the ONNX files (build/<variant>-<arch>/export)")
-    parser.add_argument("--model", required=True, choices=dfc.MODELS)
+    parser.add_argument("--model", required=True, choices=MODELS)
     parser.add_argument("--arch", required=True, choices=list(ARCHS),
                         help="hailo8/hailo8l need DFC 3.x, hailo10h DFC 5.x")
     parser.add_argument("--out-dir", type=Path, required=True,
@@ -61,8 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    return dfc.cli_main(build_parser(), lambda a: run_parse(
-        ParseConfig(a.export_dir, a.model, a.arch, a.out_dir, a.log)), argv)
+    return dfc.cli_main(build_parser(), lambda a: run_parse(ParseConfig.from_args(a)), argv)
 
 
 if __name__ == "__main__":

@@ -6,14 +6,17 @@
    HF_HOME respected), a local transformers directory or a CTranslate2 (faster-whisper) folder.
 2. Build our Hailo-friendly modules (pipeline/export/whisper_hailo.py) from its weights.
 3. Export both at fixed shapes (opset OPSET), simplify with onnxslim, run onnx.checker.
-4. Prove they compute what Whisper computes (the stage fails when a tolerance is missed):
-   torch vs ONNX Runtime, our encoder/decoder vs transformers', greedy ONNX decoding vs
-   transformers' `generate`.
+4. Prove they compute what Whisper computes (pipeline/export/parity.py; the stage fails when a
+   tolerance is missed): torch vs ONNX Runtime, our encoder/decoder vs transformers', greedy ONNX
+   decoding vs transformers' `generate`.
 5. Write the host assets (token and positional embedding .npy, tokenizer files) and export.json,
    the only place later stages take names from.
 
 Everything is written into a temporary directory inside the output directory and moved into
 place only after all checks passed; export.json is written last and is the completion marker.
+
+About 500 lines: loading, module building, ONNX export and the stage are one sequence a reader
+follows top to bottom; parity (the largest separable part) lives in pipeline/export/parity.py.
 """
 
 from __future__ import annotations
@@ -30,23 +33,23 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Optional
+from typing import Callable, ClassVar, Optional
 
 import numpy as np
 
 from pipeline.export import ct2
 from pipeline.errors import ToolchainError, run_cli
 from pipeline.export.meta import EXPORT_FORMAT, EXPORT_JSON
+from pipeline.export.parity import ParityInputs, ParityTolerances, check_parity, measure_onnx_parity, measure_torch_parity
 from pipeline.files import sha256_file, write_json_atomic
-from pipeline.tables import ARCHS, DECODER_VOCAB_SPLITS, VARIANTS, BuildSpec, resolve_spec
+from pipeline.layout import Layout
+from pipeline.tables import ARCHS, DECODER_VOCAB_SPLITS, DEFAULT_ARCH, DEFAULT_VARIANT, EXPORT_LIBRARIES, VARIANTS, BuildSpec, resolve_spec
 
 OPSET = 17
 ENCODER_INPUT = "input_features"
 ENCODER_OUTPUT = "encoder_states"
 DECODER_INPUTS = ("encoder_states", "decoder_embeddings")
 TOKEN_EMBEDDING_FILE = "token_embedding.npy"
-# The export does not depend on the Hailo architecture; BuildSpec needs one, the CLI uses this.
-DEFAULT_ARCH = "hailo8l"
 
 
 def logits_name(index: int) -> str:
@@ -54,16 +57,13 @@ def logits_name(index: int) -> str:
 
 
 @dataclass(frozen=True)
-class ParityTolerances:
-    """Largest accepted max-abs differences (float32 throughout)."""
-
-    encoder_states: float = 1e-4  # torch vs ONNX Runtime, ours vs transformers
-    logits: float = 1e-3  # torch vs ONNX Runtime, ours + host embedding vs transformers
-
-
-@dataclass(frozen=True)
 class ExportConfig:
-    """What to export and where. `model`: HF id, transformers dir or CTranslate2 dir (None: the variant's HF id)."""
+    """What to export and where. `model`: HF id, transformers dir or CTranslate2 dir (None: the variant's HF id).
+
+    `to_argv()` is the command line `build_parser()` reads back into it (opset, tolerances and seed
+    are not on the command line: their defaults)."""
+
+    MODULE: ClassVar[str] = "pipeline.export.export"
 
     spec: BuildSpec
     out_dir: Path
@@ -76,6 +76,16 @@ class ExportConfig:
     @property
     def model_source(self) -> str:
         return self.model or self.spec.variant.hf_id
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "ExportConfig":
+        return make_config(args.variant, args.seconds, args.seq_len, args.model, args.out, args.offline, args.arch)
+
+    def to_argv(self) -> list[str]:
+        spec = self.spec
+        argv = ["--variant", spec.variant.name, "--arch", spec.arch.name, "--seconds", repr(float(spec.seconds)),
+                "--seq-len", str(spec.seq_len), "--out", str(self.out_dir)]
+        return argv + (["--model", self.model] if self.model else []) + ([] if self.allow_download else ["--offline"])
 
 
 @dataclass(frozen=True)
@@ -302,165 +312,7 @@ def token_metadata(loaded: LoadedWhisper, spec: BuildSpec) -> dict:
     }
 
 
-def hf_generation_config(tokens: Mapping, max_new_tokens: int, multilingual: bool):
-    """A GenerationConfig under which transformers' Whisper `generate` decodes greedily from our prompt."""
-    from transformers import GenerationConfig
-
-    prompt = tokens["prompt"]
-    gen = GenerationConfig(
-        decoder_start_token_id=prompt[0],
-        eos_token_id=tokens["end_of_text"],
-        pad_token_id=tokens["end_of_text"],
-        bos_token_id=tokens["end_of_text"],
-        no_timestamps_token_id=tokens["no_timestamps"],
-        suppress_tokens=list(tokens["suppress"]) or None,
-        begin_suppress_tokens=list(tokens["suppress_at_begin"]) or None,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-    )
-    if multilingual:
-        gen.lang_to_id = {"<|en|>": prompt[1]}
-        gen.task_to_id = {"transcribe": prompt[2], "translate": prompt[2] - 1}
-        gen.is_multilingual = True
-        gen.language = "en"
-        gen.task = "transcribe"
-    return gen
-
-
-# --- parity -------------------------------------------------------------------------------------
-
-
-def check_parity(figures: Mapping[str, float], tolerances: ParityTolerances) -> None:
-    """Raise ToolchainError listing every figure when one misses its tolerance."""
-    limits = {
-        "encoder_torch_vs_onnx": tolerances.encoder_states,
-        "encoder_vs_hf": tolerances.encoder_states,
-        "decoder_torch_vs_onnx": tolerances.logits,
-        "decoder_vs_hf": tolerances.logits,
-        "greedy_token_mismatches": 0,
-    }
-    failed = [k for k, limit in limits.items() if k in figures and not figures[k] <= limit]
-    if failed:
-        table = ", ".join(f"{k}={figures[k]:.3g} (limit {limits[k]:g})" for k in limits if k in figures)
-        raise ToolchainError(
-            f"Export parity check failed for {', '.join(failed)}: {table}.",
-            "The Hailo rewrite does not compute what Whisper computes; nothing was written. "
-            "Check pipeline/export/whisper_hailo.py (or the checkpoint) before compiling.",
-        )
-
-
-def _max_abs(a, b) -> float:
-    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
-
-
-@dataclass(frozen=True)
-class ParityInputs:
-    """Reproducible random inputs: log-mel [1, 80, frames] in Whisper's normalised range (about
-    -1..1.5), a token sequence [1, seq_len] that starts with the prompt, and its host embedding."""
-
-    mel: np.ndarray
-    tokens: np.ndarray
-    embedded: np.ndarray
-
-    @classmethod
-    def make(cls, meta: Mapping, token_embedding: np.ndarray, positional_embedding: np.ndarray, seed: int):
-        rng = np.random.default_rng(seed)
-        mel = rng.uniform(-1.0, 1.5, size=(1, 80, meta["frames"])).astype(np.float32)
-        tokens = rng.integers(0, meta["vocab_size"], size=(1, meta["seq_len"]))
-        prompt = meta["tokens"]["prompt"]
-        tokens[0, : len(prompt)] = prompt
-        return cls(mel, tokens, (token_embedding[tokens] + positional_embedding).astype(np.float32))
-
-
-def measure_torch_parity(reference, encoder, decoder, inputs: ParityInputs) -> tuple[dict, dict]:
-    """Our modules vs transformers (same weights, same tokens and encoder states).
-
-    Returns (figures, our outputs) so the ONNX comparison reuses our outputs.
-    """
-    import torch
-
-    with torch.no_grad():
-        ours_states = encoder(torch.from_numpy(inputs.mel[:, :, None, :])).numpy()
-        hf_states = reference.model.encoder(torch.from_numpy(inputs.mel)).last_hidden_state.numpy()
-        parts = decoder(torch.from_numpy(hf_states), torch.from_numpy(inputs.embedded))
-        ours_logits = np.concatenate([t.numpy() for t in parts], -1)
-        hf_logits = reference(encoder_outputs=(torch.from_numpy(hf_states),),
-                              decoder_input_ids=torch.from_numpy(inputs.tokens)).logits.numpy()
-    figures = {"encoder_vs_hf": _max_abs(ours_states, hf_states), "decoder_vs_hf": _max_abs(ours_logits, hf_logits)}
-    return figures, {"encoder_states": ours_states, "hf_states": hf_states, "logits": ours_logits}
-
-
-def measure_onnx_parity(reference, work: Path, meta: dict, inputs: ParityInputs, ours: Mapping,
-                        token_embedding: np.ndarray, positional_embedding: np.ndarray,
-                        parity_mel: Optional[np.ndarray], tolerance: float) -> dict:
-    """The ONNX files under ONNX Runtime vs our modules, and greedy ONNX decoding vs transformers' generate.
-
-    greedy_token_mismatches counts the tokens from the first divergence on; a divergence where
-    the two candidates' logits are within `tolerance` (the logits tolerance) is a near-tie,
-    recorded under greedy_near_ties instead.
-    """
-    import torch
-
-    from pipeline.export import onnx_greedy
-
-    encoder_session, decoder_session = onnx_greedy.load_sessions(work, meta)
-    decoder_inputs = [i["name"] for i in meta["decoder"]["inputs"]]
-    onnx_states = onnx_greedy.encode(encoder_session, meta, inputs.mel)
-    onnx_logits = np.concatenate(decoder_session.run(
-        [o["name"] for o in meta["decoder"]["outputs"]],
-        {decoder_inputs[0]: ours["hf_states"], decoder_inputs[1]: inputs.embedded}), -1)
-    figures = {"encoder_torch_vs_onnx": _max_abs(ours["encoder_states"], onnx_states),
-               "decoder_torch_vs_onnx": _max_abs(ours["logits"], onnx_logits)}
-
-    mel = inputs.mel if parity_mel is None else onnx_greedy.as_encoder_input(parity_mel, meta["frames"])[:, :, 0, :]
-    rows = onnx_greedy.greedy_decode(encoder_session, decoder_session, meta, token_embedding, positional_embedding, mel)
-    prompt = meta["tokens"]["prompt"]
-    gen = hf_generation_config(meta["tokens"], meta["seq_len"] - len(prompt), len(prompt) > 2)
-    with torch.no_grad():
-        hf_rows = reference.generate(torch.from_numpy(mel), generation_config=gen).numpy()
-    mismatches, ties, greedy = 0, [], []
-    states = onnx_greedy.encode(encoder_session, meta, mel)
-    end = meta["tokens"]["end_of_text"]
-    for our_row, hf_row, sample_states in zip(rows, hf_rows, states):
-        our_tokens, hf_tokens = onnx_greedy.generated_tokens(our_row, meta), _hf_generated(hf_row, meta)
-        greedy.append(our_tokens)
-        diverged = next((i for i, (a, b) in enumerate(zip(our_tokens + [end], hf_tokens + [end])) if a != b), None)
-        if diverged is None:
-            continue
-        # A near-tie is not a defect: when the two candidates' logits under the ONNX decoder
-        # differ by less than the logits tolerance, either choice is within numerical noise.
-        last = len(prompt) + diverged - 1
-        logits = onnx_greedy.next_token_logits(decoder_session, meta, token_embedding, positional_embedding,
-                                               sample_states, our_row, last)
-        ours_token = ([*our_tokens, end])[diverged]
-        hf_token = ([*hf_tokens, end])[diverged]
-        gap = float(logits[ours_token] - logits[hf_token])
-        if abs(gap) <= tolerance:
-            ties.append({"sample": len(greedy) - 1, "step": diverged, "logit_gap": gap})
-        else:
-            mismatches += max(len(our_tokens), len(hf_tokens)) - diverged
-    figures["greedy_token_mismatches"] = mismatches
-    figures["greedy_tokens"] = greedy
-    if ties:
-        figures["greedy_near_ties"] = ties
-    return figures
-
-
-def _hf_generated(row, meta) -> list[int]:
-    """transformers 5.x returns the generated tokens without the prompt; 4.x included it."""
-    row = [int(t) for t in row]
-    prompt = meta["tokens"]["prompt"]
-    if row[: len(prompt)] == prompt:
-        row = row[len(prompt):]
-    end = meta["tokens"]["end_of_text"]
-    return row[: row.index(end)] if end in row else row
-
-
 # --- the stage ----------------------------------------------------------------------------------
-
-
-EXPORT_LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "onnxslim", "numpy")
 
 
 def library_versions() -> dict[str, str]:
@@ -609,29 +461,34 @@ def make_config(variant: str, seconds: Optional[float], seq_len: Optional[int], 
                 out: Optional[str], offline: bool = False, arch: str = DEFAULT_ARCH) -> ExportConfig:
     """Validated ExportConfig from CLI-level choices (default out: build/<variant>-<arch>/export)."""
     spec = resolve_spec(variant, arch, seconds, seq_len)
-    out_dir = Path(out) if out else Path("build") / spec.build_name / "export"
+    out_dir = Path(out) if out else Layout(Path("build") / spec.build_name).export_dir
     return ExportConfig(spec=spec, out_dir=out_dir, model=model, allow_download=not offline)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline.export.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variant", default="tiny", help=f"one of {', '.join(VARIANTS)} (default tiny)")
+    parser.add_argument("--variant", default=DEFAULT_VARIANT, help=f"one of {', '.join(VARIANTS)} (default tiny)")
     parser.add_argument("--seconds", type=float, default=None, help="encoder input length (default: per variant)")
     parser.add_argument("--seq-len", type=int, default=None, help="decoder sequence length (default: per variant)")
     parser.add_argument("--model", default=None,
                         help="Hugging Face id, transformers directory or CTranslate2 folder (default: the variant's HF id)")
     parser.add_argument("--out", default=None, help="output directory (default build/<variant>-<arch>/export)")
     parser.add_argument("--arch", default=DEFAULT_ARCH, choices=list(ARCHS),
-                        help="only names the default output directory; the export is the same for every arch")
+                        help="only names the default output directory; the export is the same for every arch "
+                        "(BuildSpec needs one)")
     parser.add_argument("--offline", action="store_true", help="never download; use the local Hugging Face cache only")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     started = time.monotonic()
 
     def log(message: str) -> None:
         print(f"[export {time.monotonic() - started:6.1f}s] {message}", flush=True)
 
     def action():
-        config = make_config(args.variant, args.seconds, args.seq_len, args.model, args.out, args.offline, args.arch)
+        config = ExportConfig.from_args(args)
         result = export_whisper(config, log=log)
         print(f"export written to {result.export_json.parent} ({result.export_json.name} lists the files)")
 

@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-N_MELS = 80
+from pipeline.tables import N_MELS
 
 
 def load_sessions(export_dir: str | Path, export_meta: Mapping, threads: int | None = None):

@@ -7,6 +7,9 @@ arguments), so `ensure_image`
 skips the build when an image with that tag exists. Stage containers get the host paths at the
 same absolute paths, the caller's uid:gid, the GPUs the gate chose and a label per stage; they
 are always removed, also on Ctrl-C and when the stall watchdog stops them.
+
+About 470 lines: the one module that imports docker-py (images and containers); splitting it
+would make two.
 """
 
 from __future__ import annotations
@@ -30,12 +33,12 @@ from docker.types import DeviceRequest, Mount
 from pipeline.host.code_closure import STAGE_ENTRY_MODULES, module_closure
 from pipeline.errors import ToolchainError
 from pipeline.host.stage_log import StageLog
-from pipeline.tables import IMAGES, UNKNOWN
+from pipeline.host.stage_command import StageCommand, stage_environment
+from pipeline.layout import REPO_ROOT
+from pipeline.tables import IMAGES, STAGE_IMAGES, UNKNOWN
 from pipeline.host.vendor import DEFAULT_VENDOR_DIR, DfcWheel, find_dfc_wheel
-from pipeline.host.watchdog import StallWatchdog
+from pipeline.host.watchdog import STOP_GRACE_S, StallWatchdog
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TARGETS = ("export", "dfc3", "dfc5")
 IMAGE_REPOSITORY = "whisper-hailo"  # tags: whisper-hailo:<target>-<16 hex of the inputs hash>
 
 # The export image is CPU only; its base is not in pipeline/tables.py (that table is about DFCs).
@@ -62,7 +65,6 @@ CUDA_CACHE_VOLUME = "whisper-hailo-cuda-cache"
 CUDA_CACHE_DIR = "/var/cache/whisper-hailo/cuda"
 CUDA_CACHE_MAXSIZE = 4 * 1024**3
 
-STOP_GRACE_S = 10  # SIGTERM -> SIGKILL when a container is stopped
 BUILD_LOG_TAIL_LINES = 25
 
 
@@ -73,6 +75,11 @@ class ImageRef:
 
 
 # --- connecting ------------------------------------------------------------------------------
+
+
+def client_from_env(timeout_s: float) -> docker.DockerClient:
+    """A docker-py client for DOCKER_HOST or the default socket, not pinged yet (the doctor probes it)."""
+    return docker.from_env(timeout=timeout_s)
 
 
 def connect(base_url: Optional[str] = None) -> docker.DockerClient:
@@ -136,8 +143,8 @@ def base_image_for(target: str, override: Optional[str] = None) -> str:
 
 
 def _check_target(target: str) -> None:
-    if target not in TARGETS:
-        raise ToolchainError(f"Unknown image target {target!r}.", f"Choose one of: {', '.join(TARGETS)}.")
+    if target not in STAGE_IMAGES:
+        raise ToolchainError(f"Unknown image target {target!r}.", f"Choose one of: {', '.join(STAGE_IMAGES)}.")
 
 
 def _context_files(repo_root: Path) -> list[tuple[Path, str]]:
@@ -367,7 +374,7 @@ def gpu_requests(device_ids: Iterable[str]) -> list[DeviceRequest]:
 
 
 def run_stage_container(
-    cmd,
+    cmd: StageCommand,
     image_tag: str,
     log: StageLog,
     *,
@@ -375,14 +382,12 @@ def run_stage_container(
     deadline_s: Optional[float] = None,
     user: Optional[str] = None,
 ) -> tuple[int, Optional[str]]:
-    """Run a launcher.StageCommand in a container from `image_tag`; stream its output into `log`.
+    """Run a StageCommand in a container from `image_tag`; stream its output into `log`.
 
     Returns (exit code, stopped) with stopped None, "stall" or "deadline". The container is
     removed in every case (exit, error, watchdog stop, KeyboardInterrupt).
     user: "uid:gid" to run as; default the caller's own ids, so outputs are not root-owned.
     """
-    from pipeline.host.launcher import stage_environment  # launcher imports us lazily; no cycle at import
-
     client = client or connect()
     is_dfc = cmd.image != "export"
     env = stage_environment(cmd)

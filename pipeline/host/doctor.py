@@ -39,9 +39,10 @@ OK, WARN, BLOCKER, SKIPPED = "ok", "warn", "blocker", "skipped"
 
 
 def _docker_client():
-    import docker  # docker-py; imported here so the gate works without it
+    # docker_engine is the one docker-py module; imported here so the gate works without docker-py.
+    from pipeline.host.docker_engine import client_from_env
 
-    return docker.from_env(timeout=DOCKER_TIMEOUT_S)
+    return client_from_env(DOCKER_TIMEOUT_S)
 
 
 def _available_memory_bytes() -> int:

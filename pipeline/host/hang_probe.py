@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from pipeline.errors import ToolchainError
-from pipeline.host.launcher import StageCommand, execute_stage
+from pipeline.host.launcher import execute_stage
+from pipeline.host.stage_command import StageCommand
 
 # TF start-up plus a first JIT of its kernels for a new card (cached on the CUDA cache volume
 # afterwards) takes tens of seconds on a healthy A100; two minutes means something is wrong.

@@ -19,7 +19,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 from pipeline.files import sha256_file, write_json_atomic, write_text_atomic
 from pipeline.host.stage_cache import STAGE_ORDER, StageRecord
-from pipeline.tables import BuildSpec
+from pipeline.layout import Layout
+from pipeline.tables import EXPORT_LIBRARIES, MODELS, BuildSpec
 
 MANIFEST_FORMAT = 1
 # An output whose quantized SNR (the DFC's layer noise analysis) is below this is flagged. Not a
@@ -30,9 +31,6 @@ NOT_DEPLOYABLE = (
     "NOT DEPLOYABLE: rehearsal build with the DFC test double. The HEFs are placeholders that no "
     "Hailo device can load; rebuild with the real DFC wheel from Hailo's Developer Zone in vendor/."
 )
-# Libraries the export stage should report; looked up natively when it did not.
-EXPORT_LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "onnxslim", "numpy")
-MODELS = ("encoder", "decoder")
 
 
 def git_commit(repo_root: Path) -> dict:
@@ -87,6 +85,23 @@ def quality_warnings(export: Mapping[str, Any], dfc_results: Mapping[str, Mappin
     return warnings
 
 
+def dfc_version_of(results: Mapping[str, Mapping[str, Mapping]], *fallbacks: Optional[str]) -> Optional[str]:
+    """The DFC version the stage results report (parse/optimize/compile JSON "dfc_version")."""
+    for model in MODELS:
+        for step in ("compile", "optimize", "parse"):
+            version = results.get(model, {}).get(step, {}).get("dfc_version")
+            if version:
+                return str(version)
+    return next((v for v in fallbacks if v), None)
+
+
+def is_rehearsal(results: Mapping[str, Mapping[str, Mapping]], wheel_is_test_double: bool,
+                 *versions: Optional[str]) -> bool:
+    """True when the HEFs come from the DFC test double (its wheel, or its version in the results)."""
+    reported = [dfc_version_of(results)] + list(versions)
+    return wheel_is_test_double or any(v and "testdouble" in v for v in reported)
+
+
 def _record_json(record: Optional[StageRecord]) -> Optional[dict]:
     if record is None:
         return None
@@ -110,9 +125,8 @@ def make_manifest(
     repo_root: Path,
 ) -> dict:
     """The manifest as a dict (see the module docstring for where each part comes from)."""
-    from pipeline.host.build import dfc_version_of
-
     build_dir = Path(build_dir)
+    layout = Layout(build_dir)
     dfc_version = dfc_version_of(dfc_results, tools.get("dfc", {}).get("dfc_version"))
     hef_info = {}
     for model, path in hefs.items():
@@ -120,12 +134,12 @@ def make_manifest(
         reported = dfc_results.get(model, {}).get("compile", {}).get("hef_sha256")
         hef_info[model] = {
             "path": str(Path(path).relative_to(build_dir)),
-            "bundle_path": f"bundle/{Path(path).name}",
+            "bundle_path": str((layout.bundle_dir / Path(path).name).relative_to(build_dir)),
             "sha256": actual,
             "size_bytes": Path(path).stat().st_size,
             "matches_compile_json": reported == actual if reported else None,
         }
-    calib_manifest = build_dir / "calib" / "encoder_calib.manifest.json"
+    calib_manifest = layout.encoder_calib_manifest
     calib_info = json.loads(calib_manifest.read_text()) if calib_manifest.exists() else None
     manifest = {
         "format": MANIFEST_FORMAT,

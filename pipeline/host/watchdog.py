@@ -44,6 +44,10 @@ STALL_LIMITS_S: Mapping[str, float] = {
     "calib": CALIB_STALL_LIMIT_S,
 }
 
+# After a stop request (watchdog, Ctrl-C), how long a stage process or container gets to exit on
+# SIGTERM before SIGKILL; an int because docker-py's container.stop() takes whole seconds.
+STOP_GRACE_S = 10
+
 # How often the watchdog looks at the clock; small enough that tests with 1-2 s limits are quick.
 _POLL_S = 0.2
 

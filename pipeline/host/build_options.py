@@ -1,0 +1,87 @@
+"""What a build is asked to do (`BuildOptions`, made once by tasks.py) and what it did
+(`BuildResult`, one `StageOutcome` per stage)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional
+
+from pipeline.errors import ToolchainError
+from pipeline.host.stage_cache import StageRecord, resolve_force
+from pipeline.tables import DEFAULT_ARCH, DEFAULT_VARIANT, PROFILES, BuildSpec, resolve_spec
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything one build needs, made once by the entry point (tasks.py) and passed down."""
+
+    variant: str = DEFAULT_VARIANT
+    arch: str = DEFAULT_ARCH
+    seconds: Optional[float] = None  # None: the variant's default
+    seq_len: Optional[int] = None  # None: the variant's default
+    model: Optional[str] = None  # Hugging Face id or local dir (transformers or CTranslate2); None: the variant's id
+    calib_dir: Optional[Path] = None  # folder of speech recordings
+    calib_download: bool = False  # fetch LibriSpeech dev-clean into <build>/calib/download
+    calib_size: Optional[int] = None  # None: what the model scripts need
+    profile: str = "full"
+    model_script: Optional[Path] = None  # an .alls for both models, or a folder with encoder.alls/decoder.alls
+    cpu: bool = False
+    allow_gpu: bool = False
+    no_docker: bool = False
+    out: Optional[Path] = None  # None: build/<variant>-<arch>
+    force: tuple[str, ...] = ()  # stage names or groups (pipeline.host.stage_cache.FORCE_GROUPS)
+    vendor_dir: Path = Path("vendor")
+    base_image: Optional[str] = None  # passed to the image builds
+    wheelhouse: Optional[Path] = None  # passed to the image builds (offline installs)
+    stall_timeouts: Mapping[str, float] = field(default_factory=dict)  # stage or kind -> seconds
+    stage_env: Mapping[str, str] = field(default_factory=dict)  # extra environment for every stage
+    export_env: Mapping[str, str] = field(default_factory=dict)  # export/calib only, e.g. HF_TOKEN
+    hang_probe_timeout_s: float = 120.0  # GPU hang probe before the first DFC stage on a GPU
+    stream_logs: bool = True  # stage output on the console too (always in logs/)
+
+    def __post_init__(self):
+        if self.profile not in PROFILES:
+            raise ToolchainError(f"Unknown profile {self.profile!r}.", f"Choose one of: {', '.join(PROFILES)}.")
+        if self.calib_dir is not None and self.calib_download:
+            raise ToolchainError("--calib and --calib-download both given.", "Pass only one of them.")
+        if self.calib_size is not None and self.calib_size < 1:
+            raise ToolchainError(f"Calibration size {self.calib_size} is not positive.", "Pass a size >= 1.")
+        object.__setattr__(self, "force", tuple(self.force))
+        resolve_force(self.force)  # unknown names fail now, not after the export
+
+    @property
+    def spec(self) -> BuildSpec:
+        return resolve_spec(self.variant, self.arch, self.seconds, self.seq_len)
+
+    @property
+    def build_dir(self) -> Path:
+        return (Path(self.out) if self.out else Path("build") / self.spec.build_name).absolute()
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    stage: str
+    status: str  # "up to date" | "ran"
+    duration_s: float  # this run's wall time (up to date: the check's time)
+    record: StageRecord  # the record now on disk (its duration_s: when the stage last ran)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    build_dir: Path
+    stages: tuple[StageOutcome, ...]
+    manifest_path: Path
+    report_path: Path
+    bundle_dir: Path
+    deployable: bool  # False for a rehearsal with the DFC test double
+    warnings: tuple[str, ...]
+    duration_s: float
+
+    @property
+    def ran(self) -> tuple[str, ...]:
+        return tuple(s.stage for s in self.stages if s.status == "ran")
+
+    @property
+    def up_to_date(self) -> tuple[str, ...]:
+        return tuple(s.stage for s in self.stages if s.status == "up to date")
