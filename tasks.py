@@ -293,13 +293,18 @@ def image(c, target, base_image=None, wheelhouse=None, vendor="vendor", dfc_sha2
         "vendor": "folder with your DFC wheel (default vendor)",
         "base_image": "override the images' pinned base image (passed to the image builds)",
         "wheelhouse": "folder of wheels for offline image builds",
+        "eval": "evaluation speech (LibriSpeech layout or transcripts.tsv): the accuracy ladder's float and "
+                "quantized rows run after optimize, before compile; the table goes into report.md",
+        "eval_download": "like --eval with LibriSpeech test-clean, downloaded into <out>/eval/download",
+        "max_wer_increase": "stop before compile (exit 1) when the quantized WER exceeds the onnx WER by more "
+                            "than this many points (needs --eval or --eval-download)",
     },
 )
 @_friendly_errors
 def build(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, seconds=None, seq_len=None, model=None, calib=None,
           calib_download=False, calib_size=None, profile="full", model_script=None, cpu=False,
           allow_gpu=False, no_docker=False, out=None, force=None, vendor="vendor", base_image=None,
-          wheelhouse=None):
+          wheelhouse=None, eval=None, eval_download=False, max_wer_increase=None):
     """Build encoder and decoder HEFs end to end (resumable; reruns only what changed)."""
     import os
     from pipeline.host.build import BuildOptions, run_build
@@ -325,8 +330,16 @@ def build(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, seconds=None, seq_len=N
         wheelhouse=Path(wheelhouse) if wheelhouse else None,
         # Gated Hugging Face models: the token goes to the export stage at run time only.
         export_env={"HF_TOKEN": os.environ["HF_TOKEN"]} if os.environ.get("HF_TOKEN") else {},
+        eval_dir=Path(eval) if eval else None,
+        eval_download=eval_download,
+        max_wer_increase=float(max_wer_increase) if max_wer_increase is not None else None,
     )
-    run_build(options)
+    from pipeline.host.build_gate import GateFailed
+
+    try:
+        run_build(options)
+    except GateFailed as err:  # a verdict on the model, not a usage error: exit 1
+        raise Exit(f"error: {err}", code=1) from None
 
 
 @task(

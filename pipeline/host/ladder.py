@@ -28,7 +28,7 @@ import numpy as np
 
 from pipeline.errors import ToolchainError
 from pipeline.host import eval_speech, wer
-from pipeline.host.build import Layout
+from pipeline.layout import Layout
 
 ROWS = ("reference", "onnx", "native", "quantized", "quantized-encoder", "quantized-decoder", "device")
 GATE_ROWS = ("onnx", "quantized", "quantized-encoder", "quantized-decoder")  # before compile
@@ -70,10 +70,8 @@ def _export(layout: Layout):
 
 
 def _hars(layout: Layout, stage: str) -> dict[str, Path]:
-    from pipeline.dfc.client import har_path
-
     export = json.loads(layout.export_json.read_text())
-    hars = {m: har_path(layout.dfc_dir(m), export[m]["net_name"], stage) for m in ("encoder", "decoder")}
+    hars = {m: layout.har(m, export[m]["net_name"], stage) for m in ("encoder", "decoder")}
     missing = [str(p) for p in hars.values() if not p.is_file()]
     if missing:
         raise NotAvailable(f"the build has not reached {stage} ({', '.join(missing)} missing)")
@@ -95,7 +93,7 @@ def _dfc_note() -> str:
 def _snr(layout: Layout) -> dict:
     snr = {}
     for model in ("encoder", "decoder"):
-        path = layout.dfc_dir(model) / "optimize.json"
+        path = layout.dfc_result(model, "optimize")
         if path.is_file():
             snr[model] = json.loads(path.read_text()).get("snr_db", {})
     return snr
