@@ -188,6 +188,13 @@ with VDevice() as vdevice:
 
 The HEF's input/output names are the DFC's layer names; `hef_input_layers` in `config.json` maps
 each input layer to the ONNX input it came from, and the output order follows `onnx_outputs`.
+
+The host arrays sit where Hailo's speech-recognition app (Hailo-Application-Code-Examples,
+`runtime/hailo-8/python/speech_recognition`) loads them: `{config['host_assets']['token_embedding']}`
+and `{config['host_assets']['positional_embedding']}`. `onnx/` holds the float networks for a CPU run.
+With the toolchain installed (`pip install '.[transcribe]'`: numpy, soundfile, soxr, tokenizers,
+ONNX Runtime; no torch): `python -m pipeline.host.transcriber --model . --backend hailort audio.wav`
+(`--backend onnx` on a machine without a Hailo device).
 """
 
 

@@ -107,7 +107,8 @@ def _reference(layout: Layout, threads: Optional[int]):
     import torch
 
     from calib.mel import log_mel
-    from pipeline.export.export import hf_generation_config, load_whisper
+    from pipeline.export.export import load_whisper
+    from pipeline.export.parity import hf_generation_config
     from pipeline.host.transcriber import Transcriber
 
     files = _export(layout)
