@@ -69,23 +69,28 @@ def doctor(c, arch=DEFAULT_ARCH, vendor="vendor", build_dir="build", cpu=False, 
 @task(
     help={
         "name": 'GPU name as NVML/nvidia-smi reports it, e.g. "NVIDIA L4" or "NVIDIA A100-SXM4-80GB".',
-        "compute": "CUDA compute capability, e.g. 8.9 (L4) or 8.0 (A100).",
-        "arch": "Hailo architecture: hailo8, hailo8l (DFC 3.x) or hailo10h (DFC 5.x).",
+        "compute": "CUDA compute capability, e.g. 8.9 (L4), 8.0 (A100), 9.0 (H100).",
+        "dfc_version": "DFC version whose image to judge for, e.g. 3.33.1 (default: the wheel in --vendor for --arch).",
+        "arch": "Hailo architecture whose wheel gives the default version: hailo8, hailo8l (3.x) or hailo10h (5.x).",
+        "vendor": "Folder holding your DFC wheel(s) (default: vendor).",
         "driver": "Optional NVIDIA driver version (e.g. 535); checked against the image's minimum.",
     }
 )
 @_friendly_errors
-def gpu_check(c, name, compute, arch=DEFAULT_ARCH, driver=None):
-    """Judge a GPU for an arch without having the card (e.g. before renting one).
+def gpu_check(c, name, compute, dfc_version=None, arch=DEFAULT_ARCH, vendor="vendor", driver=None):
+    """Judge a GPU for the image a DFC version uses, without having the card (e.g. before renting one).
 
-    Prints the decision and reason; exits 0 when supported, 1 when refused or unknown.
-    Example: invoke gpu-check --name "NVIDIA L4" --compute 8.9 --arch hailo8l
+    Prints the decision and why (native, JIT with its one-time cost, unsupported, field report);
+    exits 0 when supported, 1 when refused.
+    Example: invoke gpu-check --name "NVIDIA H100 80GB HBM3" --compute 9.0 --dfc-version 3.31.0
     """
     from pipeline.host.gpu import check_card
-    from pipeline.tables import get_arch
+    from pipeline.host.vendor import find_dfc_wheel
+    from pipeline.tables import get_arch, image_for_dfc
 
-    gpu, verdict = check_card(name, compute, arch, driver)
-    print(f"{verdict.status.value}: {verdict.message(gpu, get_arch(arch).dfc)}")
+    version = dfc_version or find_dfc_wheel(get_arch(arch).dfc, Path(vendor)).version
+    gpu, verdict = check_card(name, compute, version, driver)
+    print(f"{verdict.status.value}: {verdict.message(gpu, image_for_dfc(version))} (DFC {version})")
     if not verdict.supported:
         raise Exit(code=1)
 
@@ -114,6 +119,16 @@ def export(c, variant=DEFAULT_VARIANT, seconds=None, seq_len=None, model=None, o
                          None if seq_len is None else int(seq_len), model, out, offline, arch)
     result = export_whisper(config, log=lambda message: print(f"[export] {message}", flush=True))
     print(f"export written to {result.export_json.parent}")
+
+
+@task(name="graph-check", help={"onnx": "an exported .onnx file", "json": "print the report as JSON"})
+def graph_check(c, onnx, json=False):
+    """Check an ONNX graph against the DFC graph rules (pipeline/export/GRAPH_RULES.md); exit 0 conforms, 1 not."""
+    from pipeline.export.graph_check import main
+
+    code = main([onnx] + (["--json"] if json else []))
+    if code:
+        raise Exit(code=code)
 
 
 # --- calibration (calib/) ----------------------------------------------------------------------
@@ -221,6 +236,40 @@ def compile(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, model="both", build_d
 
 
 @task(
+    name="probe",
+    help={
+        "variant": "tiny, tiny.en, base or base.en",
+        "arch": "hailo8, hailo8l or hailo10h",
+        "all": "every variant x arch cell (needs each variant's weights in the Hugging Face cache)",
+        "model": "Hugging Face id, transformers or CTranslate2 folder (one variant only)",
+        "out": "scratch folder (default build/probe)",
+        "seconds": "encoder input length (default: the variant's)",
+        "seq_len": "decoder sequence length (default: the variant's)",
+    },
+)
+@_friendly_errors
+def probe(c, variant=None, arch=None, all=False, model=None, out="build/probe", seconds=None, seq_len=None):
+    """Parse-only probe with the DFC installed HERE (CPU, no GPU): export, graph rules, parse, layer names.
+
+    Run it first after installing a new DFC version, before renting a GPU. Exit 1 when a cell fails.
+    """
+    from pathlib import Path
+
+    from pipeline.host import probe as probing
+
+    variants, archs = probing.cells(variant, arch, all)
+    if model and len(variants) > 1:
+        raise ToolchainError("--model names one checkpoint, --all probes four variants.",
+                             "Drop --model (the variants' Hugging Face ids are used) or pass --variant.")
+    results = probing.probe(variants, archs, Path(out), model,
+                            float(seconds) if seconds else None, int(seq_len) if seq_len else None)
+    print(probing.render(results))
+    print(f"details: {Path(out) / 'probe.json'}")
+    if any(not cell.ok for cell in results):  # (`all` is the flag here)
+        raise Exit(code=1)
+
+
+@task(
     name="dfc-double-wheel",
     help={
         "dest": "folder for the wheel (default vendor)",
@@ -240,29 +289,41 @@ def dfc_double_wheel(c, dest="vendor", version=None):
     print(build_test_double_wheel(Path("tests/dfc_double"), Path(dest), version))
 
 
-# --- images (pipeline/host/docker_engine.py) ------------------------------------------------------
+# --- images (pipeline/host/docker_engine.py, pipeline/host/image_plan.py) ------------------------
 
 
 @task(
     help={
-        "target": "export | dfc3 (Hailo-8/8L) | dfc5 (Hailo-10H)",
-        "base_image": "override the pinned base image (required while a base is not pinned yet)",
+        "target": "export, or dfc3 (Hailo-8/8L) | dfc5 (Hailo-10H): the DFC wheel's version picks the "
+                  "image (dfc-cuda11 / dfc-cuda12); default: the series of --dfc-version",
+        "dfc_version": "with --dry-run: answer for this DFC version instead of the wheel in --vendor",
+        "dry_run": "print the Dockerfile target, base image and digest that would be used; build nothing",
+        "repin": "ask the registry for the base image's digest again and record it in docker/images.lock",
+        "base_image": "use this base image as given (offline hosts: a local image), no pinning",
         "wheelhouse": "folder of wheels for an offline build (pip install --no-index)",
         "vendor": "folder with your DFC wheel (default: vendor)",
         "dfc_sha256": "expected sha256 of the DFC wheel, checked on the host and in the build",
     }
 )
 @_friendly_errors
-def image(c, target, base_image=None, wheelhouse=None, vendor="vendor", dfc_sha256=None):
-    """Build one toolchain image (skipped when an image of the same inputs exists)."""
-    from pipeline.host.docker_engine import ensure_image
+def image(c, target=None, dfc_version=None, dry_run=False, repin=False, base_image=None, wheelhouse=None,
+          vendor="vendor", dfc_sha256=None):
+    """Build one toolchain image (skipped when an image of the same inputs exists); --dry-run only tells."""
+    from pipeline.host.docker_engine import ensure_image, plan_image
 
+    if dry_run:
+        print(plan_image(target, dfc_version=dfc_version, vendor_dir=Path(vendor), base_image=base_image).describe())
+        return
+    if dfc_version:
+        raise ToolchainError("--dfc-version only goes with --dry-run: a build uses the wheel in --vendor.",
+                             "Drop --dfc-version, or put that version's wheel in vendor/.")
     ref = ensure_image(
         target,
         base_image=base_image,
         wheelhouse=Path(wheelhouse) if wheelhouse else None,
         vendor_dir=Path(vendor),
         dfc_wheel_sha256=dfc_sha256,
+        repin=repin,
     )
     print(f"{ref.tag} {ref.id}")
 

@@ -3,7 +3,10 @@ import pytest
 from pipeline.errors import ToolchainError
 from pipeline.tables import (
     ARCHS,
+    DFC_RELEASES,
     IMAGES,
+    SERIES,
+    UNKNOWN,
     VARIANTS,
     parse_dfc_wheel_name,
     resolve_spec,
@@ -26,9 +29,12 @@ def test_names_carry_variant_and_lengths():
     assert spec.build_name == "tiny.en-hailo8"
 
 
-def test_every_arch_points_at_an_image_and_every_image_pins_a_base():
-    for arch in ARCHS.values():
-        assert arch.image in IMAGES
+def test_every_arch_names_a_dfc_series_and_every_known_release_an_image():
+    assert {a: ARCHS[a].dfc.dfc_major for a in ARCHS} == {"hailo8": 3, "hailo8l": 3, "hailo10h": 5}
+    assert set(SERIES) == {"dfc3", "dfc5"}
+    for release in DFC_RELEASES:
+        assert release.sources, release  # every row says where it comes from
+        assert release.image in IMAGES or release.image == UNKNOWN
     for image in IMAGES.values():
         assert image.base_image and image.min_driver > 0
 
