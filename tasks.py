@@ -343,6 +343,8 @@ def image(c, target=None, dfc_version=None, dry_run=False, repin=False, base_ima
         "calib_download": "download LibriSpeech dev-clean into <out>/calib/download instead of --calib",
         "calib_size": "calibration entries (default: what the model scripts need)",
         "profile": "model-script profile: full (reference quality, hours) or quick (minutes, lower accuracy)",
+        "decoder": "where the decoder runs: hailo (a decoder HEF, default) or cpu (the export's cached decoder "
+                   "ONNX on the host, float and int8; no decoder calibration/parse/optimize/compile)",
         "model_script": "your own .alls for both models, or a folder with encoder.alls and decoder.alls",
         "cpu": "run the DFC stages on the CPU on purpose (fine-tuning takes hours)",
         "allow_gpu": "use a GPU the gate does not know to work (or refuses), with a loud warning",
@@ -363,10 +365,10 @@ def image(c, target=None, dfc_version=None, dry_run=False, repin=False, base_ima
 )
 @_friendly_errors
 def build(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, seconds=None, seq_len=None, model=None, calib=None,
-          calib_download=False, calib_size=None, profile="full", model_script=None, cpu=False,
+          calib_download=False, calib_size=None, profile="full", decoder="hailo", model_script=None, cpu=False,
           allow_gpu=False, no_docker=False, out=None, force=None, vendor="vendor", base_image=None,
           wheelhouse=None, eval=None, eval_download=False, max_wer_increase=None):
-    """Build encoder and decoder HEFs end to end (resumable; reruns only what changed)."""
+    """Build the encoder HEF and the decoder (HEF, or ONNX for the host CPU) end to end (resumable; reruns only what changed)."""
     import os
     from pipeline.host.build import BuildOptions, run_build
 
@@ -380,6 +382,7 @@ def build(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, seconds=None, seq_len=N
         calib_download=calib_download,
         calib_size=int(calib_size) if calib_size is not None else None,
         profile=profile,
+        decoder=decoder,
         model_script=Path(model_script) if model_script else None,
         cpu=cpu,
         allow_gpu=allow_gpu,
@@ -442,3 +445,20 @@ def bench(c, out=None, keep=False):
     """Benchmark the build: full build and no-op rebuild time, natively with the DFC test double."""
     c.run(f"{sys.executable} bench/build_bench.py" + (f" --out {out}" if out else "") + (" --keep" if keep else ""),
           pty=False)
+
+
+# --- rehearsal (pipeline/host/rehearsal.py) --------------------------------------------------------
+
+
+@task(help={"mode": "auto (Docker when a daemon answers, else native) | docker | native",
+            "out": "rehearsal folder (default build/rehearsal); nothing is written outside it"})
+@_friendly_errors
+def rehearsal(c, mode="auto", out=None):
+    """The whole pipeline offline with the DFC TEST DOUBLE, real tiny.en weights and generated speech.
+
+    No GPU, no DFC, no downloads but packages; everything goes to build/rehearsal/ and is NOT
+    DEPLOYABLE. Ends with the steps for a real build.
+    """
+    from pipeline.host.rehearsal import REHEARSAL_DIR, run_rehearsal
+
+    run_rehearsal(Path(out) if out else REHEARSAL_DIR, mode)

@@ -9,7 +9,7 @@ from typing import Mapping, Optional
 
 from pipeline.errors import ToolchainError
 from pipeline.host.stage_cache import StageRecord, resolve_force
-from pipeline.tables import DEFAULT_ARCH, DEFAULT_VARIANT, PROFILES, BuildSpec, resolve_spec
+from pipeline.tables import DECODER_TARGETS, DEFAULT_ARCH, DEFAULT_VARIANT, PROFILES, BuildSpec, dfc_models, resolve_spec
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class BuildOptions:
     calib_download: bool = False  # fetch LibriSpeech dev-clean into <build>/calib/download
     calib_size: Optional[int] = None  # None: what the model scripts need
     profile: str = "full"
+    decoder: str = "hailo"  # "hailo": decoder HEF; "cpu": the export's cached decoder ONNX runs on the host
     model_script: Optional[Path] = None  # an .alls for both models, or a folder with encoder.alls/decoder.alls
     cpu: bool = False
     allow_gpu: bool = False
@@ -43,6 +44,10 @@ class BuildOptions:
     eval_dir: Optional[Path] = None  # evaluation speech: the ladder's float and quantized rows before compile
     eval_download: bool = False  # LibriSpeech test-clean into <build>/eval/download instead
     max_wer_increase: Optional[float] = None  # WER points quantized may lose to onnx; more stops before compile
+    # Preflight resource minimums; None: a real DFC build's (pipeline.host.doctor). The rehearsal
+    # (test double, tiny model, quick profile) needs far less.
+    min_free_disk_gib: Optional[float] = None
+    min_memory_gib: Optional[float] = None
 
     def __post_init__(self):
         if self.profile not in PROFILES:
@@ -62,10 +67,25 @@ class BuildOptions:
                                      "Pass the WER points the quantized networks may lose, e.g. 2.")
         object.__setattr__(self, "force", tuple(self.force))
         resolve_force(self.force)  # unknown names fail now, not after the export
+        if self.decoder not in DECODER_TARGETS:
+            raise ToolchainError(f"Unknown decoder target {self.decoder!r}.",
+                                 "Use --decoder hailo (a decoder HEF) or --decoder cpu (the cached decoder ONNX on the host).")
+        hailo_decoder_stages = [name for name in self.force if name == "decoder" or name.startswith("decoder-")]
+        if self.decoder == "cpu" and hailo_decoder_stages:
+            raise ToolchainError(
+                f"--force {' '.join(hailo_decoder_stages)} asks to rerun the Hailo decoder's stages, but --decoder cpu "
+                "builds no Hailo decoder: the decoder runs on the host from the export's cached decoder ONNX.",
+                f"Drop --force {' '.join(hailo_decoder_stages)}, or build with --decoder hailo.",
+            )
 
     @property
     def spec(self) -> BuildSpec:
         return resolve_spec(self.variant, self.arch, self.seconds, self.seq_len)
+
+    @property
+    def dfc_models(self) -> tuple[str, ...]:
+        """The networks that go through calibration, parse, optimize and compile."""
+        return dfc_models(self.decoder)
 
     @property
     def build_dir(self) -> Path:

@@ -16,6 +16,11 @@ hailo_whisper_pipeline.py, commit 0764642: `decoder_assets/{variant}/decoder_tok
 token_embedding_weight_{variant}.npy` and `onnx_add_input_{variant}.npy`), so the folder can be
 dropped into that app. `python -m pipeline.host.transcriber --model bundle/` transcribes with it.
 
+With the decoder on the host CPU (`invoke build --decoder cpu`) the bundle has no decoder HEF and
+no host embedding files; it carries the export's cached decoder instead:
+<decoder>_cached_{cross,step}.onnx (float32), <decoder>_cached_{cross,step}_int8.onnx and
+encoder_padding_<s>s.npy, driven by pipeline/export/cached_greedy.py.
+
 Every file is copied or written atomically; `bundle_files()` lists what a complete bundle holds,
 so the stage cache can check it.
 """
@@ -67,10 +72,25 @@ def _copies(export: Mapping[str, Any], variant: str) -> dict[str, str]:
     return copies
 
 
-def bundle_files(bundle_dir: Path, export: Mapping[str, Any]) -> list[Path]:
-    """Every file of a complete bundle."""
-    names = [f"{export['encoder']['net_name']}.hef", f"{export['decoder']['net_name']}.hef",
-             *_copies(export, export["variant"]), CONFIG_NAME, README_NAME]
+def _cached_decoder_names(export: Mapping[str, Any]) -> list[str]:
+    cached = export["cached_decoder"]
+    return [*(name for files in cached["files"].values() for name in files.values()), cached["encoder_padding"]]
+
+
+def _copied_names(export: Mapping[str, Any], decoder: str) -> dict[str, str]:
+    """{bundle path: export file name} copied from the export directory: the host embedding (under
+    the Hailo app's names) and the float ONNX pair for the decoder HEF, the cached decoder for the
+    CPU; the tokenizer for both."""
+    if decoder == "hailo":
+        return _copies(export, export["variant"])
+    names = [*_cached_decoder_names(export), *export["host_assets"].get("tokenizer_files", [])]
+    return {name: name for name in names}
+
+
+def bundle_files(bundle_dir: Path, export: Mapping[str, Any], decoder: str = "hailo") -> list[Path]:
+    """Every file of a complete bundle (`decoder`: "hailo" or "cpu", where the decoder runs)."""
+    hefs = [f"{export['encoder']['net_name']}.hef"] + ([f"{export['decoder']['net_name']}.hef"] if decoder == "hailo" else [])
+    names = [*hefs, *_copied_names(export, decoder), CONFIG_NAME, README_NAME]
     return [Path(bundle_dir) / n for n in names]
 
 
@@ -79,8 +99,31 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
+def cpu_decoder_config(export: Mapping[str, Any]) -> dict:
+    """config.json's decoder entry for the host CPU: the cached decoder's files and its parity figures."""
+    cached, parity = export["cached_decoder"], export.get("parity") or {}
+    return {
+        "runs_on": "cpu",
+        "onnx": dict(cached["files"]),  # {"float": {"cross", "step"}, "int8": {...}}
+        "encoder_padding": cached["encoder_padding"],
+        "self_cache": list(cached["self_cache"]),
+        "cross_cache": list(cached["cross_cache"]),
+        "max_positions": cached["max_positions"],
+        "quantization": cached.get("quantization"),
+        "parity": {
+            "float": {"logits_vs_transformers": parity.get("cached_decoder_vs_hf"),
+                      "greedy_token_mismatches_vs_generate": parity.get("cached_greedy_token_mismatches")},
+            "int8": {"logits_vs_transformers": parity.get("cached_int8_vs_hf"),
+                     "greedy_rows_equal_to_float": parity.get("cached_int8_greedy_rows_equal"),
+                     "greedy_rows": parity.get("cached_greedy_rows")},
+        },
+        "loop": "pipeline/export/cached_greedy.py: transcribe_tokens(encoder states, load_cached_decoder(...), "
+                "export meta, encoder_padding=...)",
+    }
+
+
 def make_config(spec: BuildSpec, export: Mapping[str, Any], hefs: Mapping[str, Path],
-                dfc_version: Optional[str], rehearsal: bool) -> dict:
+                dfc_version: Optional[str], rehearsal: bool, decoder: str = "hailo") -> dict:
     """config.json: what a host program needs to feed the HEFs and read their outputs."""
     def io_of(model: str) -> dict:
         part = export[model]
@@ -120,19 +163,57 @@ def make_config(spec: BuildSpec, export: Mapping[str, Any], hefs: Mapping[str, P
             "input_layout": "NHWC [1, 1, frames, 80] on the HEF; NCHW [1, 80, 1, frames] in the ONNX",
         },
         "decoder": {
+            "runs_on": "hailo",
             **io_of("decoder"),
             "logits_splits": DECODER_VOCAB_SPLITS,
             "logits": "concatenate the split outputs in order along the last axis -> [1, seq_len, vocab]",
-        },
+        } if decoder == "hailo" else cpu_decoder_config(export),
         "host_assets": {**host_array_names(spec.variant.name),
-                        "tokenizer_files": list(export["host_assets"].get("tokenizer_files", []))},
-        "onnx": onnx_names(export),
+                        "tokenizer_files": list(export["host_assets"].get("tokenizer_files", []))}
+        if decoder == "hailo" else {"tokenizer_files": list(export["host_assets"].get("tokenizer_files", []))},
+        "onnx": onnx_names(export) if decoder == "hailo" else {},
         "tokens": dict(export.get("tokens") or {}),
         "embedding": "embedded[t] = token_embedding[token_t] + positional_embedding[t]",
     }
 
 
+def render_cpu_decoder_readme(config: Mapping[str, Any]) -> str:
+    """README for a bundle whose decoder runs on the host CPU (`--decoder cpu`)."""
+    enc, dec = config["encoder"], config["decoder"]
+    banner = f"> **{config['not_deployable_reason']}**\n\n" if not config["deployable"] else ""
+    figures = dec["parity"]
+    return f"""# Whisper {config['variant']} for {config['arch']}: encoder on the Hailo, decoder on the CPU
+
+{banner}Built with DFC {config['dfc_version'] or 'unknown'} for {config['input_seconds']:g} s of audio
+({config['mel']['frames']} mel frames). Shapes, names and layouts are in `config.json`.
+
+## What runs where
+
+| step | where |
+| --- | --- |
+| audio → 16 kHz mono → log-mel `[80, {config['mel']['frames']}]` (Whisper's log/clamp/scale) | host |
+| encoder | Hailo: `{enc['hef']}` |
+| pad the encoder states to 1500 positions with `{dec['encoder_padding']}` (Whisper's own states for silence) | host |
+| cross-attention keys/values, once per utterance: `{dec['onnx']['float']['cross']}` | host CPU (ONNX Runtime) |
+| one token per step with a key/value cache, greedy: `{dec['onnx']['float']['step']}` | host CPU (ONNX Runtime) |
+| tokens → text (tokenizer files here) | host |
+
+`*_int8.onnx` are the same graphs with int8 weights (ONNX Runtime dynamic quantization): about half
+the time per token. Export parity: float logits within {figures['float']['logits_vs_transformers']}
+of transformers', greedy token mismatches vs `generate`: {figures['float']['greedy_token_mismatches_vs_generate']};
+int8 logits within {figures['int8']['logits_vs_transformers']}, greedy rows equal to float:
+{figures['int8']['greedy_rows_equal_to_float']} of {figures['int8']['greedy_rows']} (the repository's README
+gives word error rates measured on speech).
+
+The decoding loop is `pipeline/export/cached_greedy.py` of the toolchain repository
+(`transcribe_tokens`): numpy and onnxruntime only. Caches are named in `config.json`
+(`self_cache`, `cross_cache`); the step graph's first input is `token` `[batch, 1]`.
+"""
+
+
 def render_readme(config: Mapping[str, Any]) -> str:
+    if config["decoder"].get("runs_on") == "cpu":
+        return render_cpu_decoder_readme(config)
     enc, dec, tokens = config["encoder"], config["decoder"], config["tokens"]
     banner = f"> **{config['not_deployable_reason']}**\n\n" if not config["deployable"] else ""
     layer_names = ", ".join(f"`{k}` = {v}" for k, v in sorted(dec["hef_input_layers"].items())) or "see config.json"
@@ -199,16 +280,17 @@ ONNX Runtime; no torch): `python -m pipeline.host.transcriber --model . --backen
 
 
 def make_bundle(bundle_dir: Path, *, spec: BuildSpec, export: Mapping[str, Any], export_dir: Path,
-                hefs: Mapping[str, Path], dfc_version: Optional[str], rehearsal: bool) -> list[Path]:
+                hefs: Mapping[str, Path], dfc_version: Optional[str], rehearsal: bool,
+                decoder: str = "hailo") -> list[Path]:
     """Write the bundle; returns its files (the same list as `bundle_files`)."""
     bundle_dir = Path(bundle_dir)
     bundle_dir.mkdir(parents=True, exist_ok=True)
-    for model in ("encoder", "decoder"):
-        _copy_atomic(Path(hefs[model]), bundle_dir / Path(hefs[model]).name)
-    for target, source in _copies(export, spec.variant.name).items():
+    for path in hefs.values():
+        _copy_atomic(Path(path), bundle_dir / Path(path).name)
+    for target, source in _copied_names(export, decoder).items():
         (bundle_dir / target).parent.mkdir(parents=True, exist_ok=True)
         _copy_atomic(Path(export_dir) / source, bundle_dir / target)
-    config = make_config(spec, export, hefs, dfc_version, rehearsal)
+    config = make_config(spec, export, hefs, dfc_version, rehearsal, decoder)
     write_json_atomic(bundle_dir / CONFIG_NAME, config)
     write_text_atomic(bundle_dir / README_NAME, render_readme(config))
-    return bundle_files(bundle_dir, export)
+    return bundle_files(bundle_dir, export, decoder)
