@@ -23,7 +23,7 @@ $(VENV)/.host: pyproject.toml
 
 $(VENV)/.test: $(VENV)/.host
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[host,export,calib,matrix,test]"
+	$(PY) -m pip install -q -e ".[host,export,calib,eval,matrix,test]"
 	touch $@
 
 venv: $(VENV)/.test

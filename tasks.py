@@ -356,13 +356,18 @@ def image(c, target=None, dfc_version=None, dry_run=False, repin=False, base_ima
         "vendor": "folder with your DFC wheel (default vendor)",
         "base_image": "override the images' pinned base image (passed to the image builds)",
         "wheelhouse": "folder of wheels for offline image builds",
+        "eval": "evaluation speech (LibriSpeech layout or transcripts.tsv): the accuracy ladder's float and "
+                "quantized rows run after optimize, before compile; the table goes into report.md",
+        "eval_download": "like --eval with LibriSpeech test-clean, downloaded into <out>/eval/download",
+        "max_wer_increase": "stop before compile (exit 1) when the quantized WER exceeds the onnx WER by more "
+                            "than this many points (needs --eval or --eval-download)",
     },
 )
 @_friendly_errors
 def build(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, seconds=None, seq_len=None, model=None, calib=None,
           calib_download=False, calib_size=None, profile="full", decoder="hailo", model_script=None, cpu=False,
           allow_gpu=False, no_docker=False, out=None, force=None, vendor="vendor", base_image=None,
-          wheelhouse=None):
+          wheelhouse=None, eval=None, eval_download=False, max_wer_increase=None):
     """Build the encoder HEF and the decoder (HEF, or ONNX for the host CPU) end to end (resumable; reruns only what changed)."""
     import os
     from pipeline.host.build import BuildOptions, run_build
@@ -389,8 +394,48 @@ def build(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, seconds=None, seq_len=N
         wheelhouse=Path(wheelhouse) if wheelhouse else None,
         # Gated Hugging Face models: the token goes to the export stage at run time only.
         export_env={"HF_TOKEN": os.environ["HF_TOKEN"]} if os.environ.get("HF_TOKEN") else {},
+        eval_dir=Path(eval) if eval else None,
+        eval_download=eval_download,
+        max_wer_increase=float(max_wer_increase) if max_wer_increase is not None else None,
     )
-    run_build(options)
+    from pipeline.host.build_gate import GateFailed
+
+    try:
+        run_build(options)
+    except GateFailed as err:  # a verdict on the model, not a usage error: exit 1
+        raise Exit(f"error: {err}", code=1) from None
+
+
+@task(
+    help={
+        "build_dir": "the build directory to evaluate (build/<variant>-<arch>); nothing in it is changed",
+        "eval": "evaluation speech: LibriSpeech layout (*.trans.txt) or a folder with transcripts.tsv",
+        "eval_download": "download LibriSpeech test-clean (346 MB, checksummed, resumable) instead of --eval",
+        "eval_dest": "where --eval-download puts it (default build/eval-download)",
+        "rows": "comma-separated rows (default all): reference,onnx,native,quantized,quantized-encoder,"
+                "quantized-decoder,device",
+        "long": "utterances longer than the window: skip (default, counted) or chunk (cut and joined)",
+        "limit": "use the first N usable utterances",
+        "threads": "CPU threads for ONNX Runtime / torch (default: all)",
+        "json": "print the ladder as JSON instead of a table",
+    }
+)
+@_friendly_errors
+def evaluate(c, build_dir, eval=None, eval_download=False, eval_dest="build/eval-download", rows=None,
+             long="skip", limit=None, threads=None, json=False):
+    """The accuracy ladder: WER/CER of the same utterances from the checkpoint down to the device."""
+    import json as json_module
+    from pathlib import Path
+
+    from pipeline.host.ladder import ROWS, EvalOptions, evaluate_build, render_markdown
+
+    options = EvalOptions(eval_dir=Path(eval) if eval else None, download=eval_download,
+                          download_dest=Path(eval_dest), long=long,
+                          limit=int(limit) if limit is not None else None,
+                          threads=int(threads) if threads is not None else None)
+    chosen = tuple(r.strip() for r in rows.split(",")) if rows else ROWS
+    ladder = evaluate_build(Path(build_dir), options, chosen, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(json_module.dumps(ladder.to_json(), indent=2) if json else render_markdown(ladder))
 
 
 # --- many builds on a Ray cluster (pipeline/host/matrix.py) -------------------------------------------

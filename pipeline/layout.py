@@ -12,6 +12,7 @@ Stage code imports this module too, so it holds paths only (no host-side imports
       dfc/<model>/<net>.har, parse.json                 parse
       dfc/<model>/<net>_optimized.har, <net>.alls, optimize.json
       dfc/<model>/<net>.hef, <net>_compiled.har, compile.json
+      eval/ladder.json, eval/download/                  accuracy ladder before compile (--eval)
       logs/, bundle/, manifest.json, report.md, .cache/huggingface/ (Docker mode)
 """
 
@@ -99,6 +100,15 @@ class Layout:
     def hf_cache(self) -> Path:
         """HF_HOME for the export in a container, whose own home is thrown away after the stage."""
         return self.root / ".cache" / "huggingface"
+
+    @property
+    def eval_dir(self) -> Path:
+        """The build's accuracy ladder (`--eval`): ladder.json, and download/ for --eval-download."""
+        return self.root / "eval"
+
+    @property
+    def ladder_json(self) -> Path:
+        return self.eval_dir / "ladder.json"
 
     @property
     def logs(self) -> Path:

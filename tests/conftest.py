@@ -78,6 +78,56 @@ def speech_dir(tmp_path_factory):
     return folder
 
 
+# Clearly spoken sentences with their transcripts: evaluation speech for the accuracy ladder.
+EVAL_SENTENCES = (
+    "The weather today is cold and windy with a chance of rain in the evening.",
+    "Please send the report to the office before noon on Friday.",
+    "My brother bought a new car last week and drove it to the mountains.",
+    "The children played in the park until the sun went down.",
+    "We need to buy bread, milk and eggs from the store.",
+    "The meeting was moved to Tuesday because the manager was sick.",
+    "She opened the window to let some fresh air into the room.",
+    "The train to the city leaves every hour from the main station.",
+)
+
+
+def make_speech(folder, sentences, prefix="utt"):
+    """espeak-ng speech, 16 kHz mono 16-bit WAV, one file per sentence, plus transcripts.tsv.
+    Skips the test when espeak-ng or sox is missing."""
+    import shutil
+    import subprocess
+
+    for tool in ("espeak-ng", "sox"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (apt-get install espeak-ng sox)")
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for index, sentence in enumerate(sentences):
+        raw, name = folder / f".raw{index}.wav", f"{prefix}{index}.wav"
+        subprocess.run(["espeak-ng", "-s", "150", "-w", str(raw), sentence], check=True, capture_output=True)
+        subprocess.run(["sox", "-q", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(folder / name)],
+                       check=True, capture_output=True)
+        raw.unlink()
+        lines.append(f"{name}\t{sentence}\n")
+    (folder / "transcripts.tsv").write_text("".join(lines))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def eval_speech_dir(tmp_path_factory):
+    """Folder with EVAL_SENTENCES as utt0.wav .. utt7.wav (2.5-4.5 s each) and transcripts.tsv. Read-only."""
+    return make_speech(tmp_path_factory.mktemp("eval-speech"), EVAL_SENTENCES)
+
+
+@pytest.fixture(scope="session")
+def calib_speech_dir(tmp_path_factory):
+    """16 short espeak-ng sentences: enough 10 s windows for the quick profile's calibset_size. Read-only."""
+    words = "alpha river morning station garden window yellow silver market travel paper mountain".split()
+    sentences = [f"Number {i}: the {words[i % 12]} {words[(i * 7) % 12]} was near the {words[(i * 5) % 12]}."
+                 for i in range(16)]
+    return make_speech(tmp_path_factory.mktemp("calib-speech"), sentences, prefix="calib")
+
+
 @pytest.fixture(scope="session")
 def docker_test_image(tmp_path_factory):
     """Factory: docker_test_image("export" | "dfc3") -> pipeline.host.docker_engine.ImageRef.

@@ -41,8 +41,10 @@ def _expected_files(build: Path) -> list[str]:
              "calib/encoder_calib.npy", "calib/encoder_calib.manifest.json", "calib/decoder_calib.npz",
              "manifest.json", "report.md",
              "bundle/config.json", "bundle/README.md", f"bundle/{enc}.hef", f"bundle/{dec}.hef",
-             f"bundle/{export['host_assets']['token_embedding']}",
-             f"bundle/{export['host_assets']['positional_embedding']}",
+             # host arrays under the names Hailo's speech-recognition app loads, and the float ONNX pair
+             f"bundle/decoder_assets/{export['variant']}/decoder_tokenization/token_embedding_weight_{export['variant']}.npy",
+             f"bundle/decoder_assets/{export['variant']}/decoder_tokenization/onnx_add_input_{export['variant']}.npy",
+             f"bundle/onnx/{export['encoder']['onnx']}", f"bundle/onnx/{export['decoder']['onnx']}",
              *(f"bundle/{name}" for name in export["host_assets"]["tokenizer_files"])]
     for model, net in (("encoder", enc), ("decoder", dec)):
         files += [f"dfc/{model}/{net}.har", f"dfc/{model}/{net}_optimized.har", f"dfc/{model}/{net}.alls",

@@ -14,7 +14,7 @@ from pipeline.tables import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE, resolve_spec
 def _export(spec):
     d = 384
     return {
-        "d_model": d, "vocab_size": 51865,
+        "variant": spec.variant.name, "d_model": d, "vocab_size": 51865,
         "encoder": {"net_name": spec.encoder_net_name, "onnx": "enc.onnx",
                     "inputs": [{"name": "input_features", "shape": [1, 80, 1, spec.frames]}],
                     "outputs": [{"name": "encoder_states", "shape": [1, spec.encoder_positions, d]}],
@@ -40,6 +40,8 @@ def _inputs(tmp_path, spec):
     np.save(export_dir / export["host_assets"]["positional_embedding"], np.ones((spec.seq_len, 3), np.float32))
     (export_dir / "tokenizer.json").write_text('{"model": "bpe"}')
     (export_dir / "vocab.json").write_text('{"a": 0}')
+    (export_dir / "enc.onnx").write_bytes(b"encoder onnx")
+    (export_dir / "dec.onnx").write_bytes(b"decoder onnx")
     hefs = {}
     for model in ("encoder", "decoder"):
         hefs[model] = tmp_path / f"{export[model]['net_name']}.hef"
@@ -54,11 +56,17 @@ def test_bundle_holds_every_file_intact_and_a_config(tmp_path):
     written = make_bundle(out, spec=spec, export=export, export_dir=export_dir, hefs=hefs,
                           dfc_version="3.31.0", rehearsal=False)
     assert written == bundle_files(out, export)
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)
+    assert sorted(p for p in out.rglob("*") if p.is_file()) == sorted(written)
     for model, hef in hefs.items():
         assert sha256_file(out / hef.name) == sha256_file(hef)
-    for name in ("token_embedding.npy", "positional_embedding_seq8.npy", "tokenizer.json", "vocab.json"):
-        assert sha256_file(out / name) == sha256_file(export_dir / name)
+    # Host arrays where Hailo's speech-recognition app loads them from.
+    tokenization = out / "decoder_assets" / "tiny" / "decoder_tokenization"
+    copies = {tokenization / "token_embedding_weight_tiny.npy": "token_embedding.npy",
+              tokenization / "onnx_add_input_tiny.npy": "positional_embedding_seq8.npy",
+              out / "tokenizer.json": "tokenizer.json", out / "vocab.json": "vocab.json",
+              out / "onnx" / "enc.onnx": "enc.onnx", out / "onnx" / "dec.onnx": "dec.onnx"}
+    for copy, name in copies.items():
+        assert sha256_file(copy) == sha256_file(export_dir / name)
     config = json.loads((out / "config.json").read_text())
     assert config["deployable"] is True and config["not_deployable_reason"] is None
     assert (config["variant"], config["arch"], config["input_seconds"], config["seq_len"]) == ("tiny", "hailo8l", 2.0, 8)
@@ -72,7 +80,7 @@ def test_bundle_holds_every_file_intact_and_a_config(tmp_path):
     assert config["tokens"]["prompt"] == [50258, 50259, 50359, 50363]
     readme = (out / "README.md").read_text()
     for needle in ("VDevice", "create_infer_model", "configure()", "create_bindings", "host",
-                   "positional_embedding_seq8.npy", f"{spec.decoder_net_name}.hef", "concatenate"):
+                   "onnx_add_input_tiny.npy", f"{spec.decoder_net_name}.hef", "concatenate"):
         assert needle in readme, needle
     assert "NOT DEPLOYABLE" not in readme
 

@@ -8,6 +8,9 @@ hailo-ai/hailo_model_zoo (core/main_utils.py, main_driver.py) and hailocs/hailo-
     parse     ClientRunner(hw_arch) .translate_onnx_model(onnx, net, start/end nodes, shapes) -> HAR
     optimize  ClientRunner(hw_arch, har) .load_model_script(alls) .optimize(calib) -> optimized HAR
     compile   ClientRunner(hw_arch, har) .compile() -> HEF bytes, compiled HAR
+    emulate   ClientRunner(har=har) .infer_context(InferenceContext.SDK_NATIVE | SDK_QUANTIZED)
+              .infer(ctx, NHWC data) -> NHWC outputs (hailocs/hailo-whisper
+              evaluation/hailo/hailo_sdk_{encoder,decoder}.py, commit 347d8a0)
 
 Each step starts from the previous step's HAR, so a failed or interrupted step is resumed from
 the last good file. Every file is written under a temporary name and renamed into place when
@@ -361,6 +364,48 @@ def compile_har(har: Path, arch: str, out_dir: Path, model_script: Optional[Path
         "compiled_har_sha256": saved["sha256"],
         "dfc_s": round(time.monotonic() - started, 3),
     }
+
+
+# --- emulation (the accuracy ladder's native and quantized rows) ---------------------------------
+
+
+EMULATION_CONTEXTS = {"native": "SDK_NATIVE", "quantized": "SDK_QUANTIZED"}
+
+
+class Emulator:
+    """One HAR under one DFC inference context: `run(data)` is `runner.infer(ctx, data)`.
+
+    data: one NHWC array (single-input network) or {"<net>/input_layerN": NHWC array}; returns
+    the DFC's outputs (one array, or a list in output order). The context stays open until
+    `close()`, so a decoding loop does not rebuild the emulated graph at every step.
+    """
+
+    def __init__(self, har: Path, context: str):
+        if context not in EMULATION_CONTEXTS:
+            raise ToolchainError(f"Unknown emulation context {context!r}.",
+                                 f"Choose one of: {', '.join(EMULATION_CONTEXTS)}.")
+        har = Path(har)
+        if not har.is_file():
+            raise ToolchainError(f"HAR {har} does not exist.", "Run the stage that writes it first.")
+        client = _import_client()
+        self.har, self.context = har, context
+        self._runner = _dfc_call(f"loading {har.name}", client.ClientRunner, har=str(har))
+        enum = getattr(client, "InferenceContext", None) or importlib.import_module(
+            "hailo_sdk_client.exposed_definitions").InferenceContext
+        self._stack = contextlib.ExitStack()
+        self._ctx = _dfc_call(f"opening the {context} emulator on {har.name}",
+                              lambda: self._stack.enter_context(
+                                  self._runner.infer_context(getattr(enum, EMULATION_CONTEXTS[context]))))
+
+    @property
+    def net_name(self) -> str:
+        return self._runner.model_name
+
+    def run(self, data):
+        return _dfc_call(f"emulating {self.har.name} ({self.context})", self._runner.infer, self._ctx, data)
+
+    def close(self) -> None:
+        self._stack.close()
 
 
 # --- running a step as a stage: console capture, timeline, result JSON ------------------------

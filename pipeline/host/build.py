@@ -36,6 +36,7 @@ from pipeline.dfc.optimize import OptimizeConfig
 from pipeline.dfc.parse import ParseConfig
 from pipeline.export.export import ExportConfig
 from pipeline.export.meta import read_export_json
+from pipeline.host.build_gate import run_gate
 from pipeline.host.build_lock import BuildLock
 from pipeline.host.build_options import BuildOptions, BuildResult, StageOutcome
 from pipeline.host.bundle import BUNDLE_FORMAT, bundle_files, make_bundle
@@ -314,6 +315,7 @@ class _Builder:
     def report(self, export: dict, rehearsal: bool, build_warnings: Sequence[str]) -> None:
         lay = self.layout
         inputs = StageInputs(
+            files={"ladder": lay.ladder_json} if lay.ladder_json.is_file() else {},
             params={"rehearsal": rehearsal, "gpu": dict(self.pre.gpu), "warnings": list(build_warnings),
                     "decoder": self.options.decoder},
             tool={"code": code_fingerprint(["pipeline.host.manifest"])},
@@ -345,19 +347,27 @@ def run_cell_stage(options: BuildOptions, stage: str, pre: Preflight, *, console
     return builder.run_stage(stage)
 
 
-def _optimize_and_compile(builder: _Builder, models: Sequence[str]) -> None:
-    """Each model's optimize, then its compile. With a GPU for each model, the two chains run at
-    once, one GPU each: the encoder and decoder optimize side by side, and a model compiles (on the
-    CPU) while the other may still optimize. A chain that fails lets the other finish first."""
+def _optimize_and_compile(builder: _Builder, models: Sequence[str], gate: Callable[[], None]) -> None:
+    """Each model's optimize, then `gate` (the WER gate: it needs every optimized HAR and must stop
+    the build before any compile), then each compile. With a GPU for each model, the optimize runs
+    go side by side, one GPU each; without a gate a model compiles (on the CPU) while the other may
+    still optimize. A chain that fails lets the other finish first."""
     devices = builder.pre.gpu_device_ids
-    if len(models) < 2 or len(devices) < len(models):
-        builder.run_stages([f"{m}-{step}" for step in ("optimize", "compile") for m in models])
-        return
-    with ThreadPoolExecutor(max_workers=len(models), thread_name_prefix="model") as pool:
-        chains = [pool.submit(builder.on_gpu(device).run_stages, (f"{model}-optimize", f"{model}-compile"))
-                  for model, device in zip(models, devices)]
-    for chain in chains:
-        chain.result()
+    gated = builder.options.eval_dir is not None or builder.options.eval_download
+    steps = (("optimize",), ("compile",)) if gated else (("optimize", "compile"),)
+    for i, chain_steps in enumerate(steps):
+        if i == 1:
+            gate()
+        if len(models) < 2 or len(devices) < len(models):
+            builder.run_stages([f"{m}-{step}" for step in chain_steps for m in models])
+            continue
+        with ThreadPoolExecutor(max_workers=len(models), thread_name_prefix="model") as pool:
+            chains = [pool.submit(builder.on_gpu(device).run_stages, [f"{model}-{step}" for step in chain_steps])
+                      for model, device in zip(models, devices)]
+        for chain in chains:
+            chain.result()
+    if not gated:
+        gate()  # no evaluation speech: only clears an earlier build's table
 
 
 def run_build(options: BuildOptions, *, console=None, doctor_probes=None) -> BuildResult:
@@ -383,7 +393,8 @@ def run_build(options: BuildOptions, *, console=None, doctor_probes=None) -> Bui
         models = options.dfc_models  # without the decoder when it runs on the host CPU
         builder.run_stages(["export", "encoder-calib", *(["decoder-calib"] if "decoder" in models else []),
                             *(f"{m}-parse" for m in models)])
-        _optimize_and_compile(builder, models)
+        _optimize_and_compile(builder, models, lambda: run_gate(
+            options, layout, lambda table: ui.rich.print(table, markup=False, highlight=False)))
         builder.run_stages(("bundle", "report"))
         export = read_export_json(layout.export_dir)
         rehearsal, build_warnings = builder.rehearsal(), builder.build_warnings(export)

@@ -41,6 +41,9 @@ class BuildOptions:
     hang_probe_timeout_s: float = 120.0  # GPU hang probe: no output and no JIT cache growth this long
     jit_cache_dir: Optional[Path] = None  # CUDA JIT caches, one folder per image; None: default_jit_cache_root()
     stream_logs: bool = True  # stage output on the console too (always in logs/)
+    eval_dir: Optional[Path] = None  # evaluation speech: the ladder's float and quantized rows before compile
+    eval_download: bool = False  # LibriSpeech test-clean into <build>/eval/download instead
+    max_wer_increase: Optional[float] = None  # WER points quantized may lose to onnx; more stops before compile
     # Preflight resource minimums; None: a real DFC build's (pipeline.host.doctor). The rehearsal
     # (test double, tiny model, quick profile) needs far less.
     min_free_disk_gib: Optional[float] = None
@@ -53,6 +56,15 @@ class BuildOptions:
             raise ToolchainError("--calib and --calib-download both given.", "Pass only one of them.")
         if self.calib_size is not None and self.calib_size < 1:
             raise ToolchainError(f"Calibration size {self.calib_size} is not positive.", "Pass a size >= 1.")
+        if self.eval_dir is not None and self.eval_download:
+            raise ToolchainError("--eval and --eval-download both given.", "Pass only one of them.")
+        if self.max_wer_increase is not None:
+            if self.eval_dir is None and not self.eval_download:
+                raise ToolchainError("--max-wer-increase needs evaluation speech.",
+                                     "Add --eval DIR (LibriSpeech layout or transcripts.tsv) or --eval-download.")
+            if self.max_wer_increase < 0:
+                raise ToolchainError(f"--max-wer-increase {self.max_wer_increase:g} is negative.",
+                                     "Pass the WER points the quantized networks may lose, e.g. 2.")
         object.__setattr__(self, "force", tuple(self.force))
         resolve_force(self.force)  # unknown names fail now, not after the export
         if self.decoder not in DECODER_TARGETS:

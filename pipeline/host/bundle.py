@@ -2,11 +2,19 @@
 
     bundle/
       <encoder_net>.hef, <decoder_net>.hef   the two networks
-      token_embedding.npy                     [vocab, d_model] float32   (host: token embedding)
-      positional_embedding_seq<N>.npy         [seq_len, d_model] float32 (host: positional embedding)
+      decoder_assets/<variant>/decoder_tokenization/
+        token_embedding_weight_<variant>.npy  [vocab, d_model] float32   (host: token embedding)
+        onnx_add_input_<variant>.npy          [seq_len, d_model] float32 (host: positional embedding)
+      onnx/<encoder_net>.onnx, onnx/<decoder_net>.onnx   the float networks (CPU reference backend)
       tokenizer files                         as transformers saved them
       config.json                             shapes, names, layouts, mel parameters, tokens
       README.md                               how to load and run them with HailoRT
+
+The host arrays carry the paths and names Hailo's speech-recognition app loads them from
+(hailo-ai/Hailo-Application-Code-Examples, runtime/hailo-8/python/speech_recognition/app/
+hailo_whisper_pipeline.py, commit 0764642: `decoder_assets/{variant}/decoder_tokenization/
+token_embedding_weight_{variant}.npy` and `onnx_add_input_{variant}.npy`), so the folder can be
+dropped into that app. `python -m pipeline.host.transcriber --model bundle/` transcribes with it.
 
 With the decoder on the host CPU (`invoke build --decoder cpu`) the bundle has no decoder HEF and
 no host embedding files; it carries the export's cached decoder instead:
@@ -34,7 +42,7 @@ from pipeline.tables import (
     BuildSpec,
 )
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2  # 2: host arrays under Hailo app names, ONNX pair shipped
 CONFIG_NAME = "config.json"
 README_NAME = "README.md"
 NOT_DEPLOYABLE_BANNER = (
@@ -43,9 +51,25 @@ NOT_DEPLOYABLE_BANNER = (
 )
 
 
-def _host_asset_names(export: Mapping[str, Any]) -> list[str]:
+def host_array_names(variant: str) -> dict[str, str]:
+    """Bundle paths of the host arrays, as Hailo's speech-recognition app loads them."""
+    folder = f"decoder_assets/{variant}/decoder_tokenization"
+    return {"token_embedding": f"{folder}/token_embedding_weight_{variant}.npy",
+            "positional_embedding": f"{folder}/onnx_add_input_{variant}.npy"}
+
+
+def onnx_names(export: Mapping[str, Any]) -> dict[str, str]:
+    return {m: f"onnx/{export[m]['onnx']}" for m in ("encoder", "decoder")}
+
+
+def _copies(export: Mapping[str, Any], variant: str) -> dict[str, str]:
+    """{bundle path: export file name} of everything copied from the export."""
     assets = export["host_assets"]
-    return [assets["token_embedding"], assets["positional_embedding"], *assets.get("tokenizer_files", [])]
+    arrays = host_array_names(variant)
+    copies = {arrays[k]: assets[k] for k in ("token_embedding", "positional_embedding")}
+    copies.update({name: name for name in assets.get("tokenizer_files", [])})
+    copies.update({path: export[m]["onnx"] for m, path in onnx_names(export).items()})
+    return copies
 
 
 def _cached_decoder_names(export: Mapping[str, Any]) -> list[str]:
@@ -53,12 +77,14 @@ def _cached_decoder_names(export: Mapping[str, Any]) -> list[str]:
     return [*(name for files in cached["files"].values() for name in files.values()), cached["encoder_padding"]]
 
 
-def _copied_names(export: Mapping[str, Any], decoder: str) -> list[str]:
-    """Files copied from the export directory: the host embedding for the decoder HEF, the cached
-    decoder for the CPU; the tokenizer for both."""
+def _copied_names(export: Mapping[str, Any], decoder: str) -> dict[str, str]:
+    """{bundle path: export file name} copied from the export directory: the host embedding (under
+    the Hailo app's names) and the float ONNX pair for the decoder HEF, the cached decoder for the
+    CPU; the tokenizer for both."""
     if decoder == "hailo":
-        return _host_asset_names(export)
-    return [*_cached_decoder_names(export), *export["host_assets"].get("tokenizer_files", [])]
+        return _copies(export, export["variant"])
+    names = [*_cached_decoder_names(export), *export["host_assets"].get("tokenizer_files", [])]
+    return {name: name for name in names}
 
 
 def bundle_files(bundle_dir: Path, export: Mapping[str, Any], decoder: str = "hailo") -> list[Path]:
@@ -142,8 +168,10 @@ def make_config(spec: BuildSpec, export: Mapping[str, Any], hefs: Mapping[str, P
             "logits_splits": DECODER_VOCAB_SPLITS,
             "logits": "concatenate the split outputs in order along the last axis -> [1, seq_len, vocab]",
         } if decoder == "hailo" else cpu_decoder_config(export),
-        "host_assets": dict(export["host_assets"]) if decoder == "hailo" else
-        {"tokenizer_files": list(export["host_assets"].get("tokenizer_files", []))},
+        "host_assets": {**host_array_names(spec.variant.name),
+                        "tokenizer_files": list(export["host_assets"].get("tokenizer_files", []))}
+        if decoder == "hailo" else {"tokenizer_files": list(export["host_assets"].get("tokenizer_files", []))},
+        "onnx": onnx_names(export) if decoder == "hailo" else {},
         "tokens": dict(export.get("tokens") or {}),
         "embedding": "embedded[t] = token_embedding[token_t] + positional_embedding[t]",
     }
@@ -241,6 +269,13 @@ with VDevice() as vdevice:
 
 The HEF's input/output names are the DFC's layer names; `hef_input_layers` in `config.json` maps
 each input layer to the ONNX input it came from, and the output order follows `onnx_outputs`.
+
+The host arrays sit where Hailo's speech-recognition app (Hailo-Application-Code-Examples,
+`runtime/hailo-8/python/speech_recognition`) loads them: `{config['host_assets']['token_embedding']}`
+and `{config['host_assets']['positional_embedding']}`. `onnx/` holds the float networks for a CPU run.
+With the toolchain installed (`pip install '.[transcribe]'`: numpy, soundfile, soxr, tokenizers,
+ONNX Runtime; no torch): `python -m pipeline.host.transcriber --model . --backend hailort audio.wav`
+(`--backend onnx` on a machine without a Hailo device).
 """
 
 
@@ -252,8 +287,9 @@ def make_bundle(bundle_dir: Path, *, spec: BuildSpec, export: Mapping[str, Any],
     bundle_dir.mkdir(parents=True, exist_ok=True)
     for path in hefs.values():
         _copy_atomic(Path(path), bundle_dir / Path(path).name)
-    for name in _copied_names(export, decoder):
-        _copy_atomic(Path(export_dir) / name, bundle_dir / name)
+    for target, source in _copied_names(export, decoder).items():
+        (bundle_dir / target).parent.mkdir(parents=True, exist_ok=True)
+        _copy_atomic(Path(export_dir) / source, bundle_dir / target)
     config = make_config(spec, export, hefs, dfc_version, rehearsal, decoder)
     write_json_atomic(bundle_dir / CONFIG_NAME, config)
     write_text_atomic(bundle_dir / README_NAME, render_readme(config))

@@ -139,6 +139,7 @@ def make_manifest(
             "size_bytes": Path(path).stat().st_size,
             "matches_compile_json": reported == actual if reported else None,
         }
+    ladder = json.loads(layout.ladder_json.read_text()) if layout.ladder_json.is_file() else None
     calib_manifest = layout.encoder_calib_manifest
     calib_info = json.loads(calib_manifest.read_text()) if calib_manifest.exists() else None
     manifest = {
@@ -193,6 +194,7 @@ def make_manifest(
         },
         "parity": dict(export.get("parity") or {}),
         "hefs": hef_info,
+        "accuracy_ladder": ladder,
         "warnings": list(warnings),
     }
     return manifest
@@ -254,6 +256,12 @@ def render_report(manifest: Mapping[str, Any]) -> str:
         lines += [f"| {m} | {layer} | {db:.2f}{' ⚠' if db < LOW_SNR_DB else ''} |" for m, layer, db in snr_rows]
     else:
         lines.append("No SNR measured (the model scripts ran no noise analysis; `--profile full` enables it).")
+    ladder = manifest.get("accuracy_ladder")
+    if ladder:
+        lines += ["", "## Accuracy ladder (before compile)", "", ladder["table_markdown"].rstrip()]
+        if ladder.get("max_wer_increase") is not None:
+            lines += ["", f"WER gate: quantized {ladder['wer_increase_points']:+.2f} points vs onnx, "
+                          f"limit {ladder['max_wer_increase']:g} (--max-wer-increase)."]
     lines += ["", "## Warnings", ""]
     lines += [f"- {w}" for w in manifest["warnings"]] or ["None."]
     lines += ["", "## Files", "", "| file | sha256 |", "| --- | --- |"]

@@ -3,8 +3,10 @@
 What it checks for real: the ONNX loads; start/end node names exist and cut a connected network;
 net_input_shapes agree with the ONNX; calibration data is NHWC with the parsed input shapes and
 (for several inputs) keyed by the input layer names; model-script commands are known; the step
-order (parse -> optimize -> compile). What it cannot do: quantize or compile. Its HAR is a tar of
-JSON, its HEF a text placeholder; both say NOT DEPLOYABLE.
+order (parse -> optimize -> compile). It keeps the parsed ONNX in the HAR so its emulator
+(emulator.py: `infer_context` / `infer`) runs the network in float or fake-quantized with the
+ranges and bit widths optimize() stored. What it cannot do: compile. Its HAR is a tar of JSON
+(+ the ONNX), its HEF a text placeholder; both say NOT DEPLOYABLE.
 """
 
 import contextlib
@@ -20,11 +22,12 @@ import time
 
 import numpy as np
 
-from hailo_sdk_client import model_script, naming
-from hailo_sdk_client.exposed_definitions import States
+from hailo_sdk_client import emulator, model_script, naming
+from hailo_sdk_client.exposed_definitions import InferenceContext, States
 
 NOT_DEPLOYABLE = "NOT DEPLOYABLE - written by the DFC test double (tests/dfc_double), not the Hailo DFC"
 HAR_FORMAT = "dfc-test-double-har-1"
+_ONNX_MEMBER = "double_network.onnx"  # the parsed ONNX, for the emulator
 HEF_MAGIC = b"DFC-TEST-DOUBLE-HEF-PLACEHOLDER NOT DEPLOYABLE\n"
 _ARCHS = {3: {"hailo8", "hailo8l", "hailo8r", "hailo15h", "hailo15m"},
           5: {"hailo10h", "hailo15h", "hailo15m", "hailo15l"}}
@@ -134,6 +137,7 @@ class ClientRunner:
         self._script = ""
         self._commands = []
         self._record = {}
+        self._onnx = None  # the parsed ONNX (bytes), kept for the emulator
         self.hw_arch = hw_arch
         if har is not None:
             self.load_har(har)
@@ -281,7 +285,13 @@ class ClientRunner:
                                                      "note": NOT_DEPLOYABLE},
                     "layers": layers}
         with open(model, "rb") as f:
-            self._record = {"onnx_sha256": hashlib.sha256(f.read()).hexdigest()}
+            self._onnx = f.read()
+        # The emulator runs the whole ONNX from its inputs to the end nodes' outputs.
+        self._record = {"onnx_sha256": hashlib.sha256(self._onnx).hexdigest(),
+                        "emulator": {"input_layers": {f"{net_name}/input_layer{i}": n
+                                                      for i, n in enumerate(start, 1)},
+                                     "outputs": [nodes_by_name[n].output[0] for n in end],
+                                     "whole_graph": set(start) == set(input_names)}}
         self._state = States.HAILO_MODEL
         _info(f"Translation completed on ONNX model {net_name} (completion time: "
               f"{_clock(time.monotonic() - started)})")
@@ -374,18 +384,47 @@ class ClientRunner:
                     print(f"Epoch {epoch}/{cfg['finetune_epochs']}", flush=True)
         else:
             _info("Quantization-Aware Fine-Tuning skipped")
+        quantization = None
+        if self._onnx is not None and self._record.get("emulator", {}).get("whole_graph"):
+            with _algorithm("Fake Quantization (test double)"):
+                feeds = self._onnx_feeds(data, cfg["calibset_size"])
+                quantization = emulator.quantization_record(self._onnx, self._hn, self._commands, feeds)
         snr = {}
         if cfg["noise_analysis"]:
             with _algorithm("Layer Noise Analysis") as started:
                 _progress("Full Quant Analysis", 2, started, unit="iterations")
-                snr = self._pretend_snr(data, stats)
+                snr = (self._quantization_snr(data, quantization) if quantization
+                       else self._pretend_snr(data, stats))
             _info("Output layers signal-to-noise ratio (SNR): measures the quantization noise "
                   "(higher is better)")
             for layer, value in snr.items():
                 _info(f"\t{layer} SNR:\t{value:.3f} dB")
         _info("Model Optimization is done")
-        self._record.update(calibration_entries=entries, statistics=stats, snr_db=snr)
+        # The quantization parameters are what an optimized HAR carries (the script itself is not kept).
+        self._record.update(calibration_entries=entries, statistics=stats, snr_db=snr, quantization=quantization)
         self._state = States.QUANTIZED_MODEL
+
+    def _onnx_feeds(self, data, count):
+        """The first `count` calibration entries as ONNX feeds ({onnx input: [1, ...]})."""
+        emulation = self._emulation(InferenceContext.SDK_NATIVE)
+        return [{emulation.input_layers[layer]: emulator._to_onnx_layout(array[i:i + 1], emulation.shapes[layer])
+                 for layer, array in data.items()} for i in range(min(count, len(next(iter(data.values())))))]
+
+    def _quantization_snr(self, data, quantization, entries=4):
+        """SNR (dB) per output layer of the fake-quantized network against the float one, on
+        the first calibration entries: the double's version of the layer noise analysis."""
+        sample = {layer: array[:entries] for layer, array in data.items()}
+        native = self._emulation(InferenceContext.SDK_NATIVE).run(sample)
+        quantized = emulator.Emulation(emulator.quantized_model_bytes(self._onnx, quantization),
+                                       **self._emulator_io()).run(sample)
+        native, quantized = (v if isinstance(v, list) else [v] for v in (native, quantized))
+        outputs = [n for n, l in self._hn["layers"].items() if l["type"] == "output_layer"]
+        snr = {}
+        for name, clean, noisy in zip(outputs, native, quantized):
+            noise = float(np.mean((clean.astype(np.float64) - noisy) ** 2))
+            signal = float(np.mean(clean.astype(np.float64) ** 2))
+            snr[name] = round(10 * math.log10(signal / noise), 3) if noise > 0 else float("inf")
+        return snr
 
     def _pretend_snr(self, data, stats):
         """SNR of 8-bit uniform quantization of the calibration inputs: a real number computed
@@ -399,6 +438,43 @@ class ClientRunner:
         value = 10 * math.log10(ratio) if ratio > 0 else float("-inf")
         outputs = [n for n, l in self._hn["layers"].items() if l["type"] == "output_layer"]
         return {name: round(value, 3) for name in outputs}
+
+    # --- emulation ------------------------------------------------------------------------------
+    def _emulator_io(self):
+        io_ = self._record.get("emulator") or {}
+        if self._onnx is None or not io_.get("whole_graph"):
+            raise DoubleError("this HAR carries no network the double's emulator can run (parse "
+                              "it again with this double; cuts inside the graph are not emulated)")
+        return {"input_layers": io_["input_layers"], "output_tensors": io_["outputs"]}
+
+    def _emulation(self, context):
+        context = InferenceContext(context)
+        if context == InferenceContext.SDK_HAILO_HW:
+            raise DoubleError("SDK_HAILO_HW needs a Hailo device; the test double has none")
+        if context == InferenceContext.SDK_QUANTIZED:
+            if self._state not in (States.QUANTIZED_MODEL, States.COMPILED_MODEL):
+                raise DoubleError(f"SDK_QUANTIZED needs an optimized model; state is {self._state}")
+            if not self._record.get("quantization"):
+                raise DoubleError("this HAR holds no quantization parameters (optimize it with this double)")
+            return emulator.Emulation(emulator.quantized_model_bytes(self._onnx, self._record["quantization"]),
+                                      **self._emulator_io())
+        return emulator.Emulation(self._onnx, **self._emulator_io())
+
+    @contextlib.contextmanager
+    def infer_context(self, target, **kwargs):
+        """`with runner.infer_context(InferenceContext.X) as ctx: runner.infer(ctx, data)`."""
+        if self._hn is None:
+            raise DoubleError("no model: parse or load a HAR before infer_context")
+        _info(f"(test double) emulating {InferenceContext(target).name} - {NOT_DEPLOYABLE}")
+        yield self._emulation(target)
+
+    def infer(self, context, dataset, batch_size=None, data_count=None, **kwargs):
+        if not isinstance(context, emulator.Emulation):
+            raise DoubleError("infer() takes the context object of `with runner.infer_context(...) as ctx`")
+        try:
+            return context.run(dataset)
+        except emulator.EmulatorError as err:
+            raise DoubleError(str(err)) from err
 
     # --- compile ------------------------------------------------------------------------------
     def compile(self):
@@ -444,11 +520,14 @@ class ClientRunner:
                  "hw_arch": self.hw_arch, "state": self._state.value, "record": self._record}
         # The model script is NOT saved: the Model Zoo loads it again before compile()
         # (hailo_model_zoo/core/main_utils.py compile_model), so the double makes forgetting that visible.
+        members = [("NOT_DEPLOYABLE.txt", NOT_DEPLOYABLE + "\n"),
+                   (f"{self.model_name}.hn", json.dumps(self._hn, indent=1)),
+                   ("double_state.json", json.dumps(state, indent=1))]
+        if self._onnx is not None:
+            members.append((_ONNX_MEMBER, self._onnx))
         with tarfile.open(os.fspath(har_path), "w") as tar:
-            for name, payload in (("NOT_DEPLOYABLE.txt", NOT_DEPLOYABLE + "\n"),
-                                  (f"{self.model_name}.hn", json.dumps(self._hn, indent=1)),
-                                  ("double_state.json", json.dumps(state, indent=1))):
-                blob = payload.encode()
+            for name, payload in members:
+                blob = payload if isinstance(payload, bytes) else payload.encode()
                 info = tarfile.TarInfo(name)
                 info.size = len(blob)
                 tar.addfile(info, io.BytesIO(blob))
@@ -462,13 +541,14 @@ class ClientRunner:
                 state = json.loads(tar.extractfile(members["double_state.json"]).read())
                 hn_member = next(n for n in members if n.endswith(".hn"))
                 hn = json.loads(tar.extractfile(members[hn_member]).read())
+                onnx_bytes = tar.extractfile(members[_ONNX_MEMBER]).read() if _ONNX_MEMBER in members else None
         except (OSError, tarfile.TarError, KeyError, StopIteration, ValueError) as err:
             raise DoubleError(f"{path} is not a HAR this DFC can read: {err}") from err
         if state.get("format") != HAR_FORMAT:
             raise DoubleError(f"{path}: unknown HAR format {state.get('format')!r}")
         if state["dfc_version"].split(".")[0] != self._version.split(".")[0]:
             raise DoubleError(f"{path} was saved by DFC {state['dfc_version']}; this is {self._version}")
-        self._hn, self.hw_arch = hn, state["hw_arch"]
+        self._hn, self.hw_arch, self._onnx = hn, state["hw_arch"], onnx_bytes
         self._state = States(state["state"])
         self._script, self._commands = "", []
         self._record = state.get("record", {})

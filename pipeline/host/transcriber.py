@@ -1,0 +1,320 @@
+"""Host-side Whisper transcriber: greedy decoding with the host-side embedding and the
+fixed-length decoder, on three backends. Runs from a bundle (or an export directory) with numpy,
+soundfile/soxr, the `tokenizers` package and ONNX Runtime or HailoRT: no torch, so it runs on a
+Raspberry Pi next to a Hailo-8L.
+
+    python -m pipeline.host.transcriber --model DIR [--backend onnx|har|hailort] AUDIO...
+
+Backends (each gives an encoder [frames, 80] -> [positions, d] and a decoder
+([positions, d], [seq_len, d]) -> logits [seq_len, vocab]):
+  onnx     the exported ONNX pair under ONNX Runtime (float; what the Hailo networks compute)
+  har      the DFC emulator on HARs (pipeline.dfc.client.Emulator: SDK_NATIVE or SDK_QUANTIZED)
+  hailort  the HEFs on an attached Hailo device (hailo_platform), the way Hailo's speech-recognition
+           app drives them (hailo-ai/Hailo-Application-Code-Examples,
+           runtime/hailo-8/python/speech_recognition/app/hailo_whisper_pipeline.py, commit 0764642):
+           FLOAT32 in/out, decoder inputs `<net>/input_layer1` (encoder states) and
+           `<net>/input_layer2` (embedded tokens, NHWC [1, 1, seq_len, d]), outputs in
+           `HEF.get_sorted_output_names()` order concatenated on the last axis.
+
+Decoding: the prompt from export.json, `embedded[t] = token_embedding[token_t] +
+positional_embedding[t]`, next token = argmax of the logits at the last filled position with
+the suppressed tokens masked (as pipeline/export/onnx_greedy.py), until end-of-text or seq_len.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from pipeline.errors import ToolchainError, run_cli
+from pipeline.tables import SAMPLE_RATE
+
+BACKENDS = ("onnx", "har", "hailort")
+EXPORT_JSON = "export.json"
+BUNDLE_CONFIG = "config.json"
+
+Encoder = Callable[[np.ndarray], np.ndarray]  # mel [frames, 80] -> states [positions, d]
+Decoder = Callable[[np.ndarray, np.ndarray], np.ndarray]  # states, embedded [seq, d] -> logits [seq, vocab]
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """What decoding needs, read from an export directory (export.json) or a bundle (config.json)."""
+
+    root: Path
+    kind: str  # "export" | "bundle"
+    variant: str
+    seconds: float
+    frames: int
+    seq_len: int
+    tokens: Mapping
+    token_embedding: Path
+    positional_embedding: Path
+    tokenizer_json: Optional[Path]
+    onnx: Mapping[str, Path]  # {"encoder": path, "decoder": path}; empty when not shipped
+    hefs: Mapping[str, Path]  # bundle only
+    io: Mapping[str, Mapping]  # {"encoder"|"decoder": {"inputs": [names], "outputs": [names], "layers": {layer: input}}}
+
+    @property
+    def samples(self) -> int:
+        return int(round(self.seconds * SAMPLE_RATE))
+
+
+def _names(values) -> list[str]:
+    return [v["name"] for v in values]
+
+
+def read_model_files(path: str | Path) -> ModelFiles:
+    """ModelFiles of a bundle directory (config.json) or an export directory (export.json)."""
+    root = Path(path)
+    if (root / BUNDLE_CONFIG).is_file() and not (root / EXPORT_JSON).is_file():
+        return _from_bundle(root)
+    if (root / EXPORT_JSON).is_file():
+        from pipeline.export.meta import read_export_json
+
+        meta = read_export_json(root)
+        assets = meta["host_assets"]
+        io = {m: {"inputs": _names(meta[m]["inputs"]), "outputs": _names(meta[m]["outputs"]),
+                  "layers": dict(meta[m].get("dfc_input_layers", {}))} for m in ("encoder", "decoder")}
+        return ModelFiles(root, "export", meta["variant"], float(meta["seconds"]), int(meta["frames"]),
+                          int(meta["seq_len"]), meta["tokens"], root / assets["token_embedding"],
+                          root / assets["positional_embedding"], _tokenizer_path(root, assets),
+                          {m: root / meta[m]["onnx"] for m in ("encoder", "decoder")}, {}, io)
+    raise ToolchainError(f"{root} is neither a bundle (no {BUNDLE_CONFIG}) nor an export directory (no {EXPORT_JSON}).",
+                         "Pass build/<variant>-<arch>/bundle or build/<variant>-<arch>/export.")
+
+
+def _tokenizer_path(root: Path, assets: Mapping) -> Optional[Path]:
+    return root / "tokenizer.json" if "tokenizer.json" in assets.get("tokenizer_files", []) else None
+
+
+def _from_bundle(root: Path) -> ModelFiles:
+    try:
+        config = json.loads((root / BUNDLE_CONFIG).read_text())
+        assets = config["host_assets"]
+        io = {m: {"inputs": _names(config[m]["onnx_inputs"]), "outputs": _names(config[m]["onnx_outputs"]),
+                  "layers": dict(config[m].get("hef_input_layers", {}))} for m in ("encoder", "decoder")}
+        return ModelFiles(root, "bundle", config["variant"], float(config["input_seconds"]),
+                          int(config["mel"]["frames"]), int(config["seq_len"]), config["tokens"],
+                          root / assets["token_embedding"], root / assets["positional_embedding"],
+                          _tokenizer_path(root, assets),
+                          {m: root / p for m, p in (config.get("onnx") or {}).items()},
+                          {m: root / config[m]["hef"] for m in ("encoder", "decoder")}, io)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ToolchainError(f"{root / BUNDLE_CONFIG} is not a bundle config this transcriber reads ({err}).",
+                             "Build the bundle again with this version of the toolchain.") from None
+
+
+# --- backends -----------------------------------------------------------------------------------
+
+
+def onnx_backend(files: ModelFiles, threads: Optional[int] = None) -> tuple[Encoder, Decoder]:
+    import onnxruntime as ort
+
+    missing = [str(files.onnx.get(m)) for m in ("encoder", "decoder") if not files.onnx.get(m) or not files.onnx[m].is_file()]
+    if missing:
+        raise ToolchainError(f"The onnx backend needs the ONNX files; missing in {files.root}: {', '.join(missing)}.",
+                             "Use the export directory or a bundle built with this toolchain version.")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    enc, dec = (ort.InferenceSession(str(files.onnx[m]), options, providers=["CPUExecutionProvider"])
+                for m in ("encoder", "decoder"))
+    enc_io, dec_io = files.io["encoder"], files.io["decoder"]
+
+    def encode(mel):
+        return enc.run([enc_io["outputs"][0]], {enc_io["inputs"][0]: mel.T[None, :, None, :]})[0][0]
+
+    def decode(states, embedded):
+        feed = dict(zip(dec_io["inputs"], (states[None], embedded[None])))
+        return np.concatenate([p[0] for p in dec.run(dec_io["outputs"], feed)], axis=-1)
+
+    return encode, decode
+
+
+def har_encoder(har: Path, context: str) -> Encoder:
+    """The DFC emulator on an encoder HAR: NHWC [1, 1, frames, 80] in, [1, 1, positions, d] out."""
+    from pipeline.dfc.client import Emulator
+
+    emulator = Emulator(har, context)
+    return lambda mel: np.asarray(emulator.run(mel[None, None]))[0, 0]
+
+
+def har_decoder(har: Path, context: str, layers: Mapping[str, str], inputs: Sequence[str]) -> Decoder:
+    """The DFC emulator on a decoder HAR; `layers` maps <net>/input_layerN to the ONNX input
+    names `inputs` = (encoder states, embeddings)."""
+    from pipeline.dfc.client import Emulator
+
+    emulator = Emulator(har, context)
+    states_layer = next(layer for layer, name in layers.items() if name == inputs[0])
+    embed_layer = next(layer for layer, name in layers.items() if name == inputs[1])
+
+    def decode(states, embedded):
+        parts = emulator.run({states_layer: states[None, None], embed_layer: embedded[None, None]})
+        parts = parts if isinstance(parts, list) else [parts]
+        return np.concatenate([np.asarray(p)[0, 0] for p in parts], axis=-1)
+
+    return decode
+
+
+def hailort_backend(files: ModelFiles) -> tuple[Encoder, Decoder]:
+    """Both HEFs on the attached Hailo device (hailo_platform); a clear error when there is none."""
+    try:
+        from hailo_platform import HEF, FormatType, VDevice
+    except ImportError as err:
+        raise ToolchainError(f"The hailort backend is not available: HailoRT's Python package "
+                             f"(hailo_platform) is not importable ({err}).",
+                             "Install HailoRT and its pyhailort wheel from Hailo's Developer Zone on the "
+                             "machine with the Hailo device, or use --backend onnx.") from None
+    if not files.hefs:
+        raise ToolchainError(f"{files.root} has no HEFs.", "Pass the bundle directory of a finished build.")
+    try:
+        vdevice = VDevice()
+    except Exception as err:  # HailoRT raises its own types when no device is attached
+        raise ToolchainError(f"No Hailo device is available: {type(err).__name__}: {err}.",
+                             "Attach a Hailo-8/8L (and load its PCIe driver), or use --backend onnx.") from None
+    models = {m: vdevice.create_infer_model(str(files.hefs[m])) for m in ("encoder", "decoder")}
+    outputs = HEF(str(files.hefs["decoder"])).get_sorted_output_names()
+    for model in models.values():
+        for name in model.input_names:
+            model.input(name).set_format_type(FormatType.FLOAT32)
+        for name in model.output_names:
+            model.output(name).set_format_type(FormatType.FLOAT32)
+    configured = {m: models[m].configure() for m in models}
+    layers = files.io["decoder"]["layers"]
+    inputs = files.io["decoder"]["inputs"]
+    states_layer = next(layer for layer, name in layers.items() if name == inputs[0])
+    embed_layer = next(layer for layer, name in layers.items() if name == inputs[1])
+
+    def run(model: str, feed: Mapping[str, np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
+        bindings = configured[model].create_bindings()
+        for name, array in feed.items():
+            bindings.input(name).set_buffer(np.ascontiguousarray(array, dtype=np.float32))
+        buffers = [np.empty(models[model].output(n).shape, dtype=np.float32) for n in names]
+        for name, buffer in zip(names, buffers):
+            bindings.output(name).set_buffer(buffer)
+        configured[model].run([bindings], 100_000)
+        return buffers
+
+    def encode(mel):
+        enc = models["encoder"]
+        states = run("encoder", {enc.input_names[0]: mel[None]}, enc.output_names)[0]  # [1, positions, d]
+        return states.reshape(-1, states.shape[-1])
+
+    def decode(states, embedded):
+        parts = run("decoder", {states_layer: states[None], embed_layer: embedded[None]}, outputs)
+        return np.concatenate([p.reshape(embedded.shape[0], -1) for p in parts], axis=-1)
+
+    return encode, decode
+
+
+# --- decoding -----------------------------------------------------------------------------------
+
+
+class Transcriber:
+    """Greedy Whisper on one encoder and one decoder (any backend)."""
+
+    def __init__(self, files: ModelFiles, encoder: Encoder, decoder: Decoder):
+        self.files, self.encoder, self.decoder = files, encoder, decoder
+        self.token_embedding = np.load(files.token_embedding)
+        self.positional_embedding = np.load(files.positional_embedding)
+        tokens = files.tokens
+        self.prompt = [int(t) for t in tokens["prompt"]]
+        self.end_of_text = int(tokens["end_of_text"])
+        self.suppress = np.asarray(tokens.get("suppress", []), dtype=np.int64)
+        self.suppress_at_begin = np.asarray(tokens.get("suppress_at_begin", []), dtype=np.int64)
+        self._tokenizer = None
+
+    def tokens(self, mel: np.ndarray) -> list[int]:
+        """Generated tokens (no prompt, no end-of-text) for one mel window [frames, 80]."""
+        states = np.asarray(self.encoder(np.asarray(mel, dtype=np.float32)), dtype=np.float32)
+        seq_len = self.files.seq_len
+        row = np.full(seq_len, self.end_of_text, dtype=np.int64)
+        row[: len(self.prompt)] = self.prompt
+        generated = []
+        for last in range(len(self.prompt) - 1, seq_len - 1):
+            embedded = (self.token_embedding[row] + self.positional_embedding).astype(np.float32)
+            logits = np.array(self.decoder(states, embedded)[last], dtype=np.float32)
+            logits[self.suppress] = -np.inf
+            if last == len(self.prompt) - 1:
+                logits[self.suppress_at_begin] = -np.inf
+            token = int(np.argmax(logits))
+            if token == self.end_of_text:
+                break
+            row[last + 1] = token
+            generated.append(token)
+        return generated
+
+    def text(self, tokens: Sequence[int]) -> str:
+        if self._tokenizer is None:
+            if self.files.tokenizer_json is None or not self.files.tokenizer_json.is_file():
+                raise ToolchainError(f"{self.files.root} has no tokenizer.json, so tokens cannot become text.",
+                                     "Export from a checkpoint with tokenizer files (e.g. the CTranslate2 "
+                                     "package or an openai/whisper-* id).")
+            from tokenizers import Tokenizer
+
+            self._tokenizer = Tokenizer.from_file(str(self.files.tokenizer_json))
+        return self._tokenizer.decode(list(tokens), skip_special_tokens=True).strip()
+
+    def windows(self, audio: np.ndarray) -> list[np.ndarray]:
+        """16 kHz audio -> mel windows [frames, 80], one per window length (the last zero-padded)."""
+        from calib.mel import log_mel
+
+        samples = self.files.samples
+        count = max(1, -(-len(audio) // samples))
+        padded = np.zeros(count * samples, dtype=np.float32)
+        padded[: len(audio)] = audio
+        return [log_mel(padded[i * samples:(i + 1) * samples]) for i in range(count)]
+
+    def transcribe(self, audio: np.ndarray) -> str:
+        """Text of 16 kHz mono audio; longer than the window: cut at the window, texts joined."""
+        return " ".join(t for t in (self.text(self.tokens(mel)) for mel in self.windows(audio)) if t)
+
+
+def make_transcriber(model_dir: str | Path, backend: str = "onnx", *, threads: Optional[int] = None,
+                     hars: Optional[Mapping[str, Path]] = None, context: str = "native") -> Transcriber:
+    """A Transcriber for a bundle or export directory. backend "har" needs `hars`
+    ({"encoder": path, "decoder": path}) and `context` ("native" | "quantized")."""
+    files = read_model_files(model_dir)
+    if backend == "onnx":
+        return Transcriber(files, *onnx_backend(files, threads))
+    if backend == "har":
+        if not hars:
+            raise ToolchainError("The har backend needs the encoder and decoder HARs.", "Pass --encoder-har and --decoder-har.")
+        dec_io = files.io["decoder"]
+        return Transcriber(files, har_encoder(hars["encoder"], context),
+                           har_decoder(hars["decoder"], context, dec_io["layers"], dec_io["inputs"]))
+    if backend == "hailort":
+        return Transcriber(files, *hailort_backend(files))
+    raise ToolchainError(f"Unknown backend {backend!r}.", f"Choose one of: {', '.join(BACKENDS)}.")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.host.transcriber", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="bundle directory (config.json) or export directory (export.json)")
+    parser.add_argument("--backend", choices=BACKENDS, default="onnx")
+    parser.add_argument("--encoder-har", type=Path, help="har backend: the encoder HAR")
+    parser.add_argument("--decoder-har", type=Path, help="har backend: the decoder HAR")
+    parser.add_argument("--context", choices=("native", "quantized"), default="native", help="har backend: emulation")
+    parser.add_argument("audio", nargs="+", help="audio files (any format libsndfile reads)")
+    args = parser.parse_args(argv)
+
+    def action():
+        from calib.audio import load_audio
+
+        hars = {"encoder": args.encoder_har, "decoder": args.decoder_har} if args.encoder_har else None
+        transcriber = make_transcriber(args.model, args.backend, hars=hars, context=args.context)
+        for path in args.audio:
+            print(f"{path}\t{transcriber.transcribe(load_audio(path))}", flush=True)
+
+    return run_cli(action)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""pipeline/host/transcriber.py: the same greedy tokens as onnx_greedy, from the export directory,
+from the bundle, and from the DFC emulator on parsed HARs; clear errors for what is missing.
+
+Real export (random-init tiny Whisper, 1 s, seq_len 8, no tokenizer). The text path on real
+tiny.en speech is checked in tests/test_ladder.py, on a real build's bundle.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.errors import ToolchainError
+from pipeline.export import onnx_greedy
+from pipeline.host import transcriber
+from pipeline.host.bundle import make_bundle
+from pipeline.tables import resolve_spec
+
+
+@pytest.fixture(scope="module")
+def mels(tiny_export_dir):
+    frames = json.loads((tiny_export_dir / "export.json").read_text())["frames"]
+    return np.random.default_rng(3).uniform(-1.0, 1.5, size=(3, frames, 80)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def expected_tokens(tiny_export_dir, mels):
+    meta = json.loads((tiny_export_dir / "export.json").read_text())
+    sessions = onnx_greedy.load_sessions(tiny_export_dir, meta)
+    rows = onnx_greedy.greedy_decode(*sessions, meta, *onnx_greedy.load_host_assets(tiny_export_dir, meta),
+                                     mels.transpose(0, 2, 1))
+    return [onnx_greedy.generated_tokens(r, meta) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tiny_export_dir, tmp_path_factory):
+    meta = json.loads((tiny_export_dir / "export.json").read_text())
+    folder = tmp_path_factory.mktemp("bundle-src")
+    hefs = {}
+    for model in ("encoder", "decoder"):
+        hefs[model] = folder / f"{meta[model]['net_name']}.hef"
+        hefs[model].write_bytes(b"placeholder")
+    out = folder / "bundle"
+    make_bundle(out, spec=resolve_spec("tiny", "hailo8l", 1, 8), export=meta, export_dir=tiny_export_dir,
+                hefs=hefs, dfc_version="3.31.0+testdouble", rehearsal=True)
+    return out
+
+
+def test_onnx_backend_on_the_export_gives_onnx_greedys_tokens(tiny_export_dir, mels, expected_tokens):
+    model = transcriber.make_transcriber(tiny_export_dir, "onnx")
+    assert [model.tokens(mel) for mel in mels] == expected_tokens
+
+
+def test_the_bundle_alone_gives_the_same_tokens_as_onnx_greedy_on_the_export(bundle_dir, mels, expected_tokens):
+    files = transcriber.read_model_files(bundle_dir)
+    assert files.kind == "bundle"
+    assert files.token_embedding.relative_to(bundle_dir).as_posix() == \
+        "decoder_assets/tiny/decoder_tokenization/token_embedding_weight_tiny.npy"
+    model = transcriber.make_transcriber(bundle_dir, "onnx")
+    assert [model.tokens(mel) for mel in mels] == expected_tokens
+
+
+@pytest.mark.slow
+def test_har_backend_native_on_parsed_hars_gives_the_same_tokens(dfc_double, tiny_export_dir, mels,
+                                                                 expected_tokens, tmp_path):
+    from pipeline.dfc.parse import ParseConfig, run_parse
+
+    hars = {m: run_parse(ParseConfig(tiny_export_dir, m, "hailo8l", tmp_path / m))["har"] for m in ("encoder", "decoder")}
+    model = transcriber.make_transcriber(tiny_export_dir, "har", hars=hars, context="native")
+    assert [model.tokens(mel) for mel in mels] == expected_tokens
+
+
+def test_hailort_backend_without_hailort_says_it_is_not_available(bundle_dir, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_hailo(name, *args, **kwargs):
+        if name == "hailo_platform":
+            raise ImportError("No module named 'hailo_platform'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_hailo)
+    with pytest.raises(ToolchainError, match="hailort backend is not available.*hailo_platform.*--backend onnx"):
+        transcriber.make_transcriber(bundle_dir, "hailort")
+
+
+def test_missing_pieces_are_named(tmp_path, tiny_export_dir, mels):
+    with pytest.raises(ToolchainError, match="neither a bundle .* nor an export directory"):
+        transcriber.read_model_files(tmp_path)
+    with pytest.raises(ToolchainError, match="Unknown backend 'tpu'"):
+        transcriber.make_transcriber(tiny_export_dir, "tpu")
+    with pytest.raises(ToolchainError, match="har backend needs the encoder and decoder HARs"):
+        transcriber.make_transcriber(tiny_export_dir, "har")
+    model = transcriber.make_transcriber(tiny_export_dir, "onnx")
+    with pytest.raises(ToolchainError, match="has no tokenizer.json"):
+        model.text([1, 2, 3])
+
+
+def test_audio_longer_than_the_window_is_cut_into_windows(tiny_export_dir):
+    model = transcriber.make_transcriber(tiny_export_dir, "onnx")
+    windows = model.windows(np.zeros(int(2.5 * 16000), dtype=np.float32))  # 1 s window
+    assert [w.shape for w in windows] == [(100, 80)] * 3
