@@ -10,6 +10,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -33,6 +35,31 @@ def temp_path_for(path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+
+
+# Hidden names of unfinished work: temp_path_for's `.x.partial-<pid>.ext`, the export's
+# `.export-partial-*` work folder, the bundle's `.bundle.partial-<pid>` / `.bundle.old-<pid>`.
+_PARTIAL_NAME = re.compile(r"^\..*(\.partial-\d+|-partial-\w+|\.old-\d+)")
+_KEPT_FOLDERS = ("download", ".cache")  # resumable downloads and the model cache manage their own
+
+
+def remove_partial_files(root: str | os.PathLike) -> list[Path]:
+    """Remove what killed runs left under `root` (files and folders with a partial name); returns them.
+
+    Call only while holding the build lock: a live writer's partial files look the same.
+    """
+    removed = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in _KEPT_FOLDERS]
+        for name in [d for d in dirs if _PARTIAL_NAME.match(d)]:
+            shutil.rmtree(Path(folder) / name, ignore_errors=True)
+            dirs.remove(name)
+            removed.append(Path(folder) / name)
+        for name in files:
+            if _PARTIAL_NAME.match(name):
+                (Path(folder) / name).unlink(missing_ok=True)
+                removed.append(Path(folder) / name)
+    return removed
 
 
 @contextlib.contextmanager

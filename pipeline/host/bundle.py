@@ -8,17 +8,20 @@
       config.json                             shapes, names, layouts, mel parameters, tokens
       README.md                               how to load and run them with HailoRT
 
-Every file is copied or written atomically; `bundle_files()` lists what a complete bundle holds,
-so the stage cache can check it.
+The bundle is written whole into a hidden temporary folder beside it and swapped in by rename, so
+`bundle/` never mixes files of two builds (HEFs of another input length, a config of the new one),
+also when the bundle step fails halfway. `bundle_files()` lists what a complete bundle holds, so
+the stage cache can check it.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from pipeline.files import atomic_path, write_json_atomic, write_text_atomic
+from pipeline.files import write_json_atomic, write_text_atomic
 from pipeline.tables import (
     DECODER_VOCAB_SPLITS,
     FRAMES_PER_SECOND,
@@ -50,9 +53,13 @@ def bundle_files(bundle_dir: Path, export: Mapping[str, Any]) -> list[Path]:
     return [Path(bundle_dir) / n for n in names]
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
+def _swap_in(new: Path, target: Path) -> None:
+    """Put the finished folder `new` at `target`, replacing what was there."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def make_config(spec: BuildSpec, export: Mapping[str, Any], hefs: Mapping[str, Path],
@@ -167,14 +174,20 @@ each input layer to the ONNX input it came from, and the output order follows `o
 
 def make_bundle(bundle_dir: Path, *, spec: BuildSpec, export: Mapping[str, Any], export_dir: Path,
                 hefs: Mapping[str, Path], dfc_version: Optional[str], rehearsal: bool) -> list[Path]:
-    """Write the bundle; returns its files (the same list as `bundle_files`)."""
+    """Write the bundle (whole, then swapped in); returns its files (the same list as `bundle_files`)."""
     bundle_dir = Path(bundle_dir)
-    bundle_dir.mkdir(parents=True, exist_ok=True)
-    for model in ("encoder", "decoder"):
-        _copy_atomic(Path(hefs[model]), bundle_dir / Path(hefs[model]).name)
-    for name in _host_asset_names(export):
-        _copy_atomic(Path(export_dir) / name, bundle_dir / name)
-    config = make_config(spec, export, hefs, dfc_version, rehearsal)
-    write_json_atomic(bundle_dir / CONFIG_NAME, config)
-    write_text_atomic(bundle_dir / README_NAME, render_readme(config))
+    staging = bundle_dir.with_name(f".{bundle_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        for model in ("encoder", "decoder"):
+            shutil.copyfile(Path(hefs[model]), staging / Path(hefs[model]).name)
+        for name in _host_asset_names(export):
+            shutil.copyfile(Path(export_dir) / name, staging / name)
+        config = make_config(spec, export, hefs, dfc_version, rehearsal)
+        write_json_atomic(staging / CONFIG_NAME, config)
+        write_text_atomic(staging / README_NAME, render_readme(config))
+        _swap_in(staging, bundle_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return bundle_files(bundle_dir, export)

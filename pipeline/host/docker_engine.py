@@ -20,6 +20,7 @@ import json
 import os
 import tarfile
 import tempfile
+import socket
 import threading
 import uuid
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import docker
 import docker.errors
 from docker.types import DeviceRequest, Mount
 
+from pipeline.host.build_lock import LOCK_NAME, pid_is_running
 from pipeline.host.code_closure import STAGE_ENTRY_MODULES, module_closure
 from pipeline.errors import ToolchainError
 from pipeline.host.stage_log import StageLog
@@ -58,6 +60,10 @@ _SKIPPED_SUFFIXES = (".pyc", ".pyo")
 LABEL_STAGE = "whisper-hailo.stage"
 LABEL_BUILD_DIR = "whisper-hailo.build-dir"
 LABEL_INPUTS = "whisper-hailo.inputs"
+# The build that started a stage container ("pid@host") and the lock it held: a build SIGKILLed
+# or OOM-killed cannot stop its container, so the next build in that folder does (before locking).
+LABEL_OWNER = "whisper-hailo.owner"
+LABEL_LOCK = "whisper-hailo.lock"
 
 # CUDA's JIT cache on a named volume: the first run on a new card JIT-compiles PTX (minutes);
 # later containers reuse it. 4 GiB instead of CUDA's 256 MiB default, which TF's kernels exceed.
@@ -394,7 +400,8 @@ def run_stage_container(
     env.setdefault("HOME", "/tmp")  # the caller's uid has no home directory in the image
     if is_dfc:
         env.update(CUDA_CACHE_PATH=CUDA_CACHE_DIR, CUDA_CACHE_MAXSIZE=str(CUDA_CACHE_MAXSIZE))
-    labels = {LABEL_STAGE: cmd.name, LABEL_BUILD_DIR: str(cmd.build_dir)}
+    labels = {LABEL_STAGE: cmd.name, LABEL_BUILD_DIR: str(cmd.build_dir),
+              LABEL_OWNER: f"{os.getpid()}@{socket.gethostname()}", LABEL_LOCK: str(cmd.build_dir / LOCK_NAME)}
     name = f"whisper-hailo-{_safe_name(cmd.name)}-{uuid.uuid4().hex[:8]}"
     devices = gpu_requests(cmd.gpu_device_ids) if is_dfc else []
     log.note(f"container {name} from {image_tag}: {' '.join(cmd.argv)}"
@@ -430,9 +437,13 @@ def run_stage_container(
         ) from None
     except docker.errors.APIError as err:
         raise _run_error(err, cmd) from None
+    except BaseException:  # Ctrl-C, SIGTERM/SIGHUP (BuildStopped): SIGTERM first, SIGKILL after the grace
+        if container is not None:
+            _stop(container)
+        raise
     finally:
         if container is not None:
-            with contextlib.suppress(docker.errors.NotFound):
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 container.remove(force=True)
 
 
@@ -473,3 +484,24 @@ def stage_containers(client: docker.DockerClient, stage_name: Optional[str] = No
     """Containers (running or not) that carry our stage label, optionally for one stage."""
     label = f"{LABEL_STAGE}={stage_name}" if stage_name else LABEL_STAGE
     return client.containers.list(all=True, filters={"label": label})
+
+
+def stop_orphan_containers(client: docker.DockerClient, build_dir: Path,
+                           is_running=pid_is_running) -> list[str]:
+    """Stop and remove the stage containers of `build_dir` whose build is gone (SIGKILL, OOM, a
+    crash): their owner pid no longer runs on this host. Returns their names.
+
+    Containers of a live build are left alone (its lock refuses the new build), as are those
+    started from another host, whose pid means nothing here.
+    """
+    found = client.containers.list(all=True, filters={"label": f"{LABEL_BUILD_DIR}={Path(build_dir).absolute()}"})
+    stopped = []
+    for container in found:
+        pid, _, host = container.labels.get(LABEL_OWNER, "").partition("@")
+        if host != socket.gethostname() or not pid.isdigit() or is_running(int(pid)):
+            continue
+        _stop(container)
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            container.remove(force=True)
+        stopped.append(f"{container.name} ({container.labels.get(LABEL_STAGE, 'stage')})")
+    return stopped

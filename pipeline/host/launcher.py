@@ -19,6 +19,7 @@ from typing import Optional, TextIO
 from pipeline.errors import ToolchainError
 from pipeline.host.stage_command import StageCommand, StageRun, native_argv, stage_environment
 from pipeline.host.stage_log import StageLog
+from pipeline.host.stop_signals import parent_death_signal
 from pipeline.host.watchdog import STOP_GRACE_S, StallWatchdog
 
 def run_stage(
@@ -42,8 +43,8 @@ def run_stage(
             f"Stage {cmd.name} printed nothing for {cmd.stall_limit_s:.0f} s and was stopped "
             f"(stall watchdog). Last log lines:\n{tail}\n",
             f"Full log: {cmd.log_path}. If the stage is just slow, raise its stall limit "
-            "(StageCommand.stall_timeout_s); if it hangs on a GPU, see the GPU advice from "
-            "`invoke doctor` or run with --cpu.",
+            f"(`invoke build --stall-limit {cmd.name}=MINUTES`); if it hangs on a GPU, see the GPU "
+            "advice from `invoke doctor` or run with --cpu.",
         )
     if result.exit_code != 0:
         raise ToolchainError(
@@ -116,6 +117,7 @@ def _run_native(cmd: StageCommand, log: StageLog, deadline_s: Optional[float]) -
         stdin=subprocess.DEVNULL,
         env=env,
         start_new_session=True,  # own process group: a stop reaches the stage's children too
+        preexec_fn=parent_death_signal(),  # a SIGKILLed or OOM-killed build takes its stage along
     )
 
     def stop() -> None:
@@ -129,7 +131,7 @@ def _run_native(cmd: StageCommand, log: StageLog, deadline_s: Optional[float]) -
                 reader.join(0.5)
             exit_code = proc.wait()
     finally:
-        if proc.poll() is None:  # Ctrl-C or an error in the launcher: leave nothing running
+        if proc.poll() is None:  # Ctrl-C, SIGTERM/SIGHUP or an error in the launcher: leave nothing running
             _stop_process_group(proc)
     stopped = "deadline" if watchdog.timed_out else "stall" if watchdog.stalled else None
     return exit_code, stopped
