@@ -37,26 +37,27 @@ _FILESYSTEM_FIXES = {
 }
 
 
-def filesystem_error(err: OSError, doing: str = "") -> Optional[ToolchainError]:
+def filesystem_error(err: OSError, doing: str = "", where: str = "") -> Optional[ToolchainError]:
     """A ToolchainError naming the path and the fix for a read-only, permission, full-disk or quota
-    OSError; None for any other error (those stay bugs with tracebacks)."""
+    OSError; None for any other error (those stay bugs with tracebacks). `where`: the folder to
+    name when the error has no file name (a write to an open file)."""
     known = _FILESYSTEM_FIXES.get(err.errno)
     if known is None:
         return None
     what, fix = known
-    path = err.filename or "a file"
+    path = err.filename or (f"a file under {where}" if where else "a file")
     if err.filename2:
         path = f"{path} (-> {err.filename2})"
     return ToolchainError(f"{doing + ': ' if doing else ''}{path} {what}.", fix)
 
 
 @contextlib.contextmanager
-def filesystem_errors(doing: str = "") -> Iterator[None]:
+def filesystem_errors(doing: str = "", where: str = "") -> Iterator[None]:
     """Turn the known filesystem OSErrors raised in the block into ToolchainErrors."""
     try:
         yield
     except OSError as err:
-        translated = filesystem_error(err, doing)
+        translated = filesystem_error(err, doing, str(where))
         if translated is None:
             raise
         raise translated from None

@@ -290,7 +290,7 @@ def run_build(options: BuildOptions, *, console=None, doctor_probes=None) -> Bui
 
     Raises ToolchainError (also for read-only, permission, full-disk and quota errors, with the
     path), KeyboardInterrupt, or BuildStopped (SIGTERM/SIGHUP) after the stage was stopped."""
-    with stop_on_signals(), filesystem_errors():
+    with stop_on_signals(), filesystem_errors(where=str(options.build_dir)):
         return _run_build(options, console, doctor_probes)
 
 
