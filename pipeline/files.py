@@ -37,6 +37,16 @@ def temp_path_for(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
 
 
+_TEMP_NAME = re.compile(r"^\.(?P<stem>.+)\.partial-\d+(?P<suffix>\.[^.]*)?$")
+
+
+def final_path_for(path: str | os.PathLike) -> Path:
+    """The artifact a temporary name (`temp_path_for`) becomes; other paths unchanged."""
+    path = Path(path)
+    m = _TEMP_NAME.match(path.name)
+    return path.with_name(m["stem"] + (m["suffix"] or "")) if m else path
+
+
 # Hidden names of unfinished work: temp_path_for's `.x.partial-<pid>.ext`, the export's
 # `.export-partial-*` work folder, the bundle's `.bundle.partial-<pid>` / `.bundle.old-<pid>`.
 _PARTIAL_NAME = re.compile(r"^\..*(\.partial-\d+|-partial-\w+|\.old-\d+)")

@@ -400,3 +400,9 @@ def test_invoke_gpu_check_exit_codes():
     bad = _gpu_check("--name", "NVIDIA L4", "--compute", "eight")
     assert bad.returncode == 2
     assert "error: Compute capability 'eight' is not of the form MAJOR.MINOR." in bad.stderr
+
+
+def test_check_card_refuses_a_driver_that_is_not_a_version():
+    with pytest.raises(ToolchainError, match="Driver version 'banana' is not a version number"):
+        check_card("NVIDIA A100-SXM4-80GB", "8.0", "hailo8l", driver="banana")
+    assert check_card("NVIDIA A100-SXM4-80GB", "8.0", "hailo8l", driver="535.104.05")[1].supported
