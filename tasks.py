@@ -72,23 +72,28 @@ def doctor(c, arch=DEFAULT_ARCH, vendor="vendor", build_dir="build", cpu=False, 
 @task(
     help={
         "name": 'GPU name as NVML/nvidia-smi reports it, e.g. "NVIDIA L4" or "NVIDIA A100-SXM4-80GB".',
-        "compute": "CUDA compute capability, e.g. 8.9 (L4) or 8.0 (A100).",
-        "arch": "Hailo architecture: hailo8, hailo8l (DFC 3.x) or hailo10h (DFC 5.x).",
+        "compute": "CUDA compute capability, e.g. 8.9 (L4), 8.0 (A100), 9.0 (H100).",
+        "dfc_version": "DFC version whose image to judge for, e.g. 3.33.1 (default: the wheel in --vendor for --arch).",
+        "arch": "Hailo architecture whose wheel gives the default version: hailo8, hailo8l (3.x) or hailo10h (5.x).",
+        "vendor": "Folder holding your DFC wheel(s) (default: vendor).",
         "driver": "Optional NVIDIA driver version (e.g. 535); checked against the image's minimum.",
     }
 )
 @_friendly_errors
-def gpu_check(c, name, compute, arch=DEFAULT_ARCH, driver=None):
-    """Judge a GPU for an arch without having the card (e.g. before renting one).
+def gpu_check(c, name, compute, dfc_version=None, arch=DEFAULT_ARCH, vendor="vendor", driver=None):
+    """Judge a GPU for the image a DFC version uses, without having the card (e.g. before renting one).
 
-    Prints the decision and reason; exits 0 when supported, 1 when refused or unknown.
-    Example: invoke gpu-check --name "NVIDIA L4" --compute 8.9 --arch hailo8l
+    Prints the decision and why (native, JIT with its one-time cost, unsupported, field report);
+    exits 0 when supported, 1 when refused.
+    Example: invoke gpu-check --name "NVIDIA H100 80GB HBM3" --compute 9.0 --dfc-version 3.31.0
     """
     from pipeline.host.gpu import check_card
-    from pipeline.tables import get_arch
+    from pipeline.host.vendor import find_dfc_wheel
+    from pipeline.tables import get_arch, image_for_dfc
 
-    gpu, verdict = check_card(name, compute, arch, driver)
-    print(f"{verdict.status.value}: {verdict.message(gpu, get_arch(arch).dfc)}")
+    version = dfc_version or find_dfc_wheel(get_arch(arch).dfc, Path(vendor)).version
+    gpu, verdict = check_card(name, compute, version, driver)
+    print(f"{verdict.status.value}: {verdict.message(gpu, image_for_dfc(version))} (DFC {version})")
     if not verdict.supported:
         raise Exit(code=1)
 
@@ -249,29 +254,41 @@ def dfc_double_wheel(c, dest="vendor", version=None):
     print(build_test_double_wheel(Path("tests/dfc_double"), Path(dest), version))
 
 
-# --- images (pipeline/host/docker_engine.py) ------------------------------------------------------
+# --- images (pipeline/host/docker_engine.py, pipeline/host/image_plan.py) ------------------------
 
 
 @task(
     help={
-        "target": "export | dfc3 (Hailo-8/8L) | dfc5 (Hailo-10H)",
-        "base_image": "override the pinned base image (required while a base is not pinned yet)",
+        "target": "export, or dfc3 (Hailo-8/8L) | dfc5 (Hailo-10H): the DFC wheel's version picks the "
+                  "image (dfc-cuda11 / dfc-cuda12); default: the series of --dfc-version",
+        "dfc_version": "with --dry-run: answer for this DFC version instead of the wheel in --vendor",
+        "dry_run": "print the Dockerfile target, base image and digest that would be used; build nothing",
+        "repin": "ask the registry for the base image's digest again and record it in docker/images.lock",
+        "base_image": "use this base image as given (offline hosts: a local image), no pinning",
         "wheelhouse": "folder of wheels for an offline build (pip install --no-index)",
         "vendor": "folder with your DFC wheel (default: vendor)",
         "dfc_sha256": "expected sha256 of the DFC wheel, checked on the host and in the build",
     }
 )
 @_friendly_errors
-def image(c, target, base_image=None, wheelhouse=None, vendor="vendor", dfc_sha256=None):
-    """Build one toolchain image (skipped when an image of the same inputs exists)."""
-    from pipeline.host.docker_engine import ensure_image
+def image(c, target=None, dfc_version=None, dry_run=False, repin=False, base_image=None, wheelhouse=None,
+          vendor="vendor", dfc_sha256=None):
+    """Build one toolchain image (skipped when an image of the same inputs exists); --dry-run only tells."""
+    from pipeline.host.docker_engine import ensure_image, plan_image
 
+    if dry_run:
+        print(plan_image(target, dfc_version=dfc_version, vendor_dir=Path(vendor), base_image=base_image).describe())
+        return
+    if dfc_version:
+        raise ToolchainError("--dfc-version only goes with --dry-run: a build uses the wheel in --vendor.",
+                             "Drop --dfc-version, or put that version's wheel in vendor/.")
     ref = ensure_image(
         target,
         base_image=base_image,
         wheelhouse=Path(wheelhouse) if wheelhouse else None,
         vendor_dir=Path(vendor),
         dfc_wheel_sha256=dfc_sha256,
+        repin=repin,
     )
     print(f"{ref.tag} {ref.id}")
 

@@ -1,4 +1,6 @@
-"""The one place for facts about Whisper variants, Hailo architectures and the DFC images.
+"""The one place for facts about Whisper variants, Hailo architectures and the DFC images
+(the DFC release -> image table and each image's GPU code live in pipeline/dfc_images.py and are
+re-exported here).
 
 Everything else reads these tables; nothing else hard-codes a dimension, a DFC version or a GPU
 policy. Where a fact is not known, the field says so (`UNKNOWN`) instead of guessing. Sources:
@@ -15,9 +17,21 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Optional, TypeVar
 
+from pipeline.dfc_images import (  # noqa: F401  (re-exported: the one place for the tables)
+    DFC_RELEASES,
+    DOCUMENTED_COMPUTE,
+    IMAGES,
+    UNKNOWN,
+    DfcImage,
+    DfcRelease,
+    GpuCode,
+    JitEstimate,
+    KnownBadGpu,
+    dfc_major_minor,
+    dfc_release,
+    image_for_dfc,
+)
 from pipeline.errors import ToolchainError
-
-UNKNOWN = "unknown"
 T = TypeVar("T")
 
 # Whisper front end (openai/whisper audio.py): 16 kHz audio, 25 ms window, 10 ms hop, 80 mel bins.
@@ -81,99 +95,33 @@ VARIANTS: Mapping[str, Variant] = {
 
 
 @dataclass(frozen=True)
-class KnownBadGpu:
-    """A card that is refused by name, whatever its compute capability says."""
+class DfcSeries:
+    """A DFC major version: the wheel in vendor/ the archs of this series need."""
 
-    name_pattern: str  # case-insensitive regex matched against the NVML name
-    reason: str
-    advice: str
-
-
-@dataclass(frozen=True)
-class DfcImage:
-    """One pinned DFC container generation and the GPU policy that goes with it."""
-
-    name: str  # Dockerfile target
+    name: str  # "dfc3" | "dfc5": what `invoke image --target` calls the series' image
     dfc_major: int
     min_dfc_version: str
-    base_image: str  # CUDA/cuDNN runtime image, pinned by digest
-    ubuntu: str
-    python: str
-    cuda: str
-    cudnn: str
-    tensorflow: str
-    min_driver: int
-    # Compute capabilities (major, minor) documented or reported to work.
-    supported_compute: tuple[tuple[int, int], ...]
-    known_bad: tuple[KnownBadGpu, ...]
-    # "sha256:..." of base_image's multi-arch index, or UNKNOWN until someone pins it
-    # (docker/README.md); `invoke image` refuses an unpinned base unless --base-image is given.
-    base_image_digest: str = UNKNOWN
 
 
-# Pascal (6.x), Turing (7.5), Ampere (8.0/8.6/8.7): the GPU families the DFC documents.
-_DOCUMENTED_COMPUTE = ((6, 0), (6, 1), (6, 2), (7, 5), (8, 0), (8, 6), (8, 7))
-
-_L4_HANGS = KnownBadGpu(
-    name_pattern=r"\bL4\b",
-    reason="the optimizer hangs on it (field report: endless hang on an L4 while an A100 works)",
-    advice="Use an A100/A10/RTX 30xx, or --cpu (hours), or --allow-gpu to try anyway.",
-)
-
-# Digests: see docker/README.md for how to re-pin them (`docker buildx imagetools inspect`).
-IMAGES: Mapping[str, DfcImage] = {
-    i.name: i
-    for i in (
-        DfcImage(
-            name="dfc3",
-            dfc_major=3,
-            min_dfc_version="3.31.0",
-            base_image="nvidia/cuda:11.8.0-cudnn8-runtime-ubuntu22.04",
-            ubuntu="22.04",
-            python="3.10",
-            cuda="11.8",
-            cudnn="8.9",
-            tensorflow=UNKNOWN,  # bundled as a DFC dependency; the wheel pins it
-            min_driver=525,
-            supported_compute=_DOCUMENTED_COMPUTE,
-            known_bad=(_L4_HANGS,),
-            # Quoted for this tag by several public Dockerfiles/build records (2026); re-check with
-            # `docker buildx imagetools inspect` before trusting it on a new host.
-            base_image_digest="sha256:85fb7ac694079fff1061a0140fd5b5a641997880e12112d92589c3bbb1e8b7ca",
-        ),
-        DfcImage(
-            name="dfc5",
-            dfc_major=5,
-            min_dfc_version="5.0.0",
-            base_image="nvidia/cuda:12.5.1-cudnn-runtime-ubuntu22.04",
-            ubuntu="22.04",
-            python="3.10",
-            cuda="12.5.1",
-            cudnn="9.10",
-            tensorflow="2.19.1",
-            min_driver=525,
-            supported_compute=_DOCUMENTED_COMPUTE,
-            known_bad=(),
-            base_image_digest=UNKNOWN,  # not found in any public source we could check: to be pinned
-        ),
-    )
+SERIES: Mapping[str, DfcSeries] = {
+    s.name: s for s in (DfcSeries("dfc3", 3, "3.31.0"), DfcSeries("dfc5", 5, "5.0.0"))
 }
-# Every image a stage runs in: the CPU-only export image (its base is in pipeline/host/docker_engine.py)
-# and the DFC images above.
+# Every image a stage runs in: the CPU-only export image (its base is in pipeline/host/image_plan.py)
+# and the DFC images, one per CUDA stack (pipeline/dfc_images.py).
 STAGE_IMAGES = ("export", *IMAGES)
 
 
 @dataclass(frozen=True)
 class Arch:
-    """A Hailo accelerator and the DFC image that compiles for it."""
+    """A Hailo accelerator and the DFC major version that compiles for it."""
 
     name: str
-    image: str  # key into IMAGES
+    series: str  # key into SERIES
     description: str
 
     @property
-    def dfc(self) -> DfcImage:
-        return IMAGES[self.image]
+    def dfc(self) -> DfcSeries:
+        return SERIES[self.series]
 
 
 ARCHS: Mapping[str, Arch] = {
@@ -257,6 +205,10 @@ def get_arch(name: str) -> Arch:
 
 def get_image(name: str) -> DfcImage:
     return _lookup(IMAGES, name, "DFC image")
+
+
+def get_series(name: str) -> DfcSeries:
+    return _lookup(SERIES, name, "DFC series")
 
 
 def check_seconds(variant: Variant, seconds: float) -> float:

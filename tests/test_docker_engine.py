@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.host import docker_engine
 from pipeline.host.docker_engine import (
-    REPO_ROOT, base_image_for, connect, ensure_image, inputs_hash, stage_containers, stage_mounts,
+    REPO_ROOT, connect, ensure_image, inputs_hash, stage_containers, stage_mounts,
 )
 from pipeline.errors import ToolchainError
 from pipeline.host.hang_probe import HangProbe, run_hang_probe
@@ -65,18 +65,6 @@ def test_permission_denied_on_the_socket_suggests_the_docker_group():
 # --- base images and tags -------------------------------------------------------------------
 
 
-def test_bases_are_pinned_by_digest_or_refused():
-    assert base_image_for("dfc3") == f"{IMAGES['dfc3'].base_image}@{IMAGES['dfc3'].base_image_digest}"
-    assert "@sha256:" in base_image_for("export")
-    assert base_image_for("dfc5", "my/cuda:12.5.1@sha256:abc") == "my/cuda:12.5.1@sha256:abc"
-    if IMAGES["dfc5"].base_image_digest == "unknown":
-        with pytest.raises(ToolchainError, match="dfc5 base image .* is not pinned by digest") as err:
-            base_image_for("dfc5")
-        assert "--base-image" in str(err.value) and "imagetools inspect" in str(err.value)
-    with pytest.raises(ToolchainError, match="Unknown image target 'gpu'.*export, dfc3, dfc5"):
-        base_image_for("gpu")
-
-
 def _repo_copy(tmp_path):
     root = tmp_path / "repo"
     root.mkdir()
@@ -101,7 +89,9 @@ def test_inputs_hash_follows_content_and_build_args_only(tmp_path):
     assert inputs_hash("export", args, root, []) != first
     (root / "pipeline" / "dfc" / "timeline.py").write_text((REPO_ROOT / "pipeline" / "dfc" / "timeline.py").read_text())
     assert inputs_hash("export", args, root, []) == first
-    assert inputs_hash("dfc3", args, root, []) != first
+    assert inputs_hash("dfc-cuda11", args, root, []) != first
+    (root / "docker" / "images.lock").write_text("{}")  # read on the host only
+    assert inputs_hash("export", args, root, []) == first
     assert inputs_hash("export", {"BASE_IMAGE": "b@sha256:2"}, root, []) != first
     wheel = tmp_path / "numpy-2.0-py3-none-any.whl"
     wheel.write_bytes(b"1")
@@ -134,6 +124,8 @@ def test_stage_mounts_same_paths_outer_first_and_inputs_must_exist(tmp_path):
     assert [(m["Source"], m["Target"], m["ReadOnly"]) for m in mounts[:2]] == [
         (str(build), str(build), False), (str(inputs), str(inputs), True)]
     assert mounts[2]["Type"] == "volume" and mounts[2]["Target"] == docker_engine.CUDA_CACHE_DIR
+    jit = stage_mounts(build, [], cuda_cache=True, jit_cache_dir=tmp_path / "jit")[-1]
+    assert (jit["Type"], jit["Source"], jit["Target"]) == ("bind", str(tmp_path / "jit"), docker_engine.CUDA_CACHE_DIR)
     with pytest.raises(ToolchainError, match="Input path .*nope does not exist"):
         stage_mounts(build, [tmp_path / "nope"], cuda_cache=False)
 
@@ -186,11 +178,11 @@ def test_build_failure_shows_the_log_tail_and_leaves_no_container(tmp_path, dock
     wheelhouse = tmp_path / "wheelhouse"  # lacks onnxruntime: pip inside the build must fail
     wheelhouse.mkdir()
     shutil.copy2(next(Path(docker_test_image("dfc3") and _wheelhouse()).glob("mpmath-*.whl")), wheelhouse)
-    with pytest.raises(ToolchainError, match="Building the dfc3 image failed") as err:
+    with pytest.raises(ToolchainError, match="Building the dfc-cuda11 image failed") as err:
         ensure_image("dfc3", base_image=ensure_test_base_image(), wheelhouse=wheelhouse, vendor_dir=vendor,
                      log_dir=tmp_path / "logs", console=io.StringIO())
     message = str(err.value)
-    assert "onnxruntime" in message and str(tmp_path / "logs" / "image-dfc3.log") in message
+    assert "onnxruntime" in message and str(tmp_path / "logs" / "image-dfc-cuda11.log") in message
     assert {c.id for c in client.containers.list(all=True)} == before
 
 
@@ -216,7 +208,7 @@ def test_gpu_request_without_nvidia_runtime_is_a_clear_error(tmp_path, docker_te
     client = docker.from_env()
     if "nvidia" in client.info().get("Runtimes", {}):
         pytest.skip("this Docker has the NVIDIA runtime")
-    cmd = StageCommand("encoder-optimize", "dfc3", ["python", "-c", "print(1)"], tmp_path / "b",
+    cmd = StageCommand("encoder-optimize", "dfc-cuda11", ["python", "-c", "print(1)"], tmp_path / "b",
                        tmp_path / "b" / "x.log", gpu_device_ids=("GPU-00000000-1111-2222-3333-444444444444",))
     with pytest.raises(ToolchainError, match="no NVIDIA container runtime") as err:
         run_stage(cmd, native=False, image_tag=docker_test_image("dfc3").tag, console=io.StringIO())
@@ -226,12 +218,38 @@ def test_gpu_request_without_nvidia_runtime_is_a_clear_error(tmp_path, docker_te
 
 @pytest.mark.docker
 @pytest.mark.slow
+def test_a_silent_container_probe_that_grows_the_host_jit_cache_is_not_stopped(tmp_path, docker_test_image):
+    import docker
+
+    # Prints nothing for 4 s while writing into CUDA_CACHE_PATH (the bind-mounted host folder), as a
+    # driver JIT-compiling PTX does; then reports what the container saw.
+    script = ("import os, time\n"
+              "cache = os.environ['CUDA_CACHE_PATH']\n"
+              "for i in range(16):\n"
+              "    open(os.path.join(cache, f'm{i}.bin'), 'wb').write(b'x' * 4096); time.sleep(0.25)\n"
+              "print('env', os.environ.get('CUDA_MODULE_LOADING'), os.environ['CUDA_CACHE_MAXSIZE'], cache, flush=True)\n")
+    jit = tmp_path / "jit"
+    probe = HangProbe(image="dfc-cuda11", gpu_device_ids=(), gpu_name="NVIDIA H100 80GB HBM3", advice="",
+                      build_dir=tmp_path / "b", log_path=tmp_path / "b" / "logs" / "probe.log",
+                      timeout_s=2, ceiling_s=120, argv=("python", "-c", script), jit_cache_dir=jit)
+    console = io.StringIO()
+    run_hang_probe(probe, native=False, image_tag=docker_test_image("dfc3").tag, console=console)
+    text = console.getvalue()
+    assert "compiling GPU kernels for NVIDIA H100 80GB HBM3 once; later runs reuse them" in text
+    assert f"env LAZY 4294967296 {docker_engine.CUDA_CACHE_DIR}" in text
+    written = sorted(jit.iterdir())
+    assert len(written) == 16 and all(p.stat().st_uid == os.getuid() for p in written)  # ours, not root's
+    assert stage_containers(docker.from_env(), "dfc-cuda11-gpu-hang-probe") == []
+
+
+@pytest.mark.docker
+@pytest.mark.slow
 def test_hang_probe_told_to_hang_times_out_and_removes_its_container(tmp_path, docker_test_image):
     import docker
 
     probe = HangProbe(
-        image="dfc3", gpu_device_ids=(), gpu_name="NVIDIA L4", advice="Use an A100 or --cpu.",
-        build_dir=tmp_path / "b", log_path=tmp_path / "b" / "logs" / "hang-probe.log", timeout_s=3,
+        image="dfc-cuda11", gpu_device_ids=(), gpu_name="NVIDIA L4", advice="Use an A100 or --cpu.",
+        build_dir=tmp_path / "b", log_path=tmp_path / "b" / "logs" / "hang-probe.log", timeout_s=3, ceiling_s=3,
         argv=("python", "-c", "import time; print('probing', flush=True)\nwhile True: time.sleep(0.5); print('.', flush=True)"),
     )
     started = time.monotonic()
@@ -239,14 +257,14 @@ def test_hang_probe_told_to_hang_times_out_and_removes_its_container(tmp_path, d
         run_hang_probe(probe, native=False, image_tag=docker_test_image("dfc3").tag, console=io.StringIO())
     assert time.monotonic() - started < 30  # a probe that keeps printing is still stopped at the deadline
     assert "Use an A100 or --cpu." in str(err.value)
-    assert stage_containers(docker.from_env(), "dfc3-gpu-hang-probe") == []
+    assert stage_containers(docker.from_env(), "dfc-cuda11-gpu-hang-probe") == []
     assert "probing" in probe.log_path.read_text()
 
 
 def test_hang_probe_native_timeout_and_failures(tmp_path):
-    base = dict(image="dfc3", gpu_device_ids=("GPU-x",), gpu_name="NVIDIA A100", advice="advice",
+    base = dict(image="dfc-cuda11", gpu_device_ids=("GPU-x",), gpu_name="NVIDIA A100", advice="advice",
                 build_dir=tmp_path, log_path=tmp_path / "probe.log")
-    with pytest.raises(ToolchainError, match="did not finish within 1 s"):
+    with pytest.raises(ToolchainError, match="printed nothing for 1 s .*a hang, not kernel compilation"):
         run_hang_probe(HangProbe(**base, timeout_s=1, argv=("sleep", "600")), native=True, image_tag=None,
                        console=io.StringIO())
     with pytest.raises(ToolchainError, match="sees no GPU although NVIDIA A100"):
@@ -266,7 +284,7 @@ def test_out_of_disk_and_registry_errors_name_the_fix():
     import docker
 
     err = docker.errors.APIError("500", explanation="error creating overlay mount: no space left on device")
-    cmd = StageCommand("encoder-compile", "dfc3", ["python"], Path("/tmp/b"), Path("/tmp/b/x.log"))
+    cmd = StageCommand("encoder-compile", "dfc-cuda11", ["python"], Path("/tmp/b"), Path("/tmp/b/x.log"))
     assert "Starting stage encoder-compile failed: no space left" in str(docker_engine._run_error(err, cmd))
     other = docker.errors.APIError("500", explanation="something else")
     assert "Docker refused to run stage encoder-compile: something else" in str(docker_engine._run_error(other, cmd))

@@ -131,8 +131,10 @@ def test_this_machine_with_docker_lists_every_blocker_with_its_fix(vendor, tmp_p
     assert blocker_names(report) == ["GPU gate", "NVIDIA container runtime", "DFC wheel"]
     assert statuses(report) == {
         "GPUs": WARN, "GPU gate": BLOCKER, "Docker Engine": OK, "NVIDIA container runtime": BLOCKER,
-        "DFC wheel": BLOCKER, "free disk": OK, "memory": OK,
+        "DFC wheel": BLOCKER, "DFC image": WARN, "free disk": OK, "memory": OK,
     }
+    image = next(c for c in report.checks if c.name == "DFC image")
+    assert image.detail == "no DFC 3.x version known yet; GPUs judged for the dfc-cuda11 image (DFC 3.31.0)"
     gate, runtime, wheel = report.blockers
     assert gate.detail.startswith("No NVIDIA GPU found (NVML unavailable (LibraryNotFound")
     assert "--cpu" in gate.fix
@@ -221,8 +223,8 @@ def test_only_refused_cards_and_an_old_driver(vendor):
     )
     assert blocker_names(report) == ["NVIDIA driver", "GPU gate"]
     driver, gate = report.blockers
-    assert driver.detail == "470.82.01 is older than 525, the minimum for the dfc3 image."
-    assert "the optimizer hangs on it" in gate.detail and "driver 470.82.01 is older than 525" in gate.detail
+    assert driver.detail == "470.82.01 is older than 525, the minimum for the dfc-cuda11 image."
+    assert "field report: the optimizer hung endlessly on an L4" in gate.detail and "driver 470.82.01 is older than 525" in gate.detail
     assert "--allow-gpu" in gate.fix
 
     allowed = run_doctor(
@@ -343,7 +345,7 @@ def test_invoke_doctor_json_on_this_machine(vendor):
     )
     assert done.returncode == 1, done.stderr
     report = json.loads(done.stdout)
-    assert report["ok"] is False and report["arch"] == "hailo8l" and report["image"] == "dfc3"
+    assert report["ok"] is False and report["arch"] == "hailo8l" and report["image"] == "dfc-cuda11"
     names = [b["name"] for b in report["blockers"]]
     assert "DFC wheel" in names  # the empty vendor dir
     assert all(b["fix"] for b in report["blockers"])

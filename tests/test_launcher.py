@@ -21,7 +21,7 @@ from pipeline.host.launcher import StageCommand, check_native_dfc, execute_stage
 HANG = "import time; print('working', flush=True); time.sleep(999)"
 
 
-def _cmd(tmp_path, argv, name="encoder-parse", image="dfc3", **kw):
+def _cmd(tmp_path, argv, name="encoder-parse", image="dfc-cuda11", **kw):
     return StageCommand(name=name, image=image, argv=argv, build_dir=tmp_path / "build",
                         log_path=tmp_path / "build" / "logs" / f"{name}.log", **kw)
 
@@ -39,7 +39,7 @@ def test_command_paths_become_absolute_and_argv_a_tuple(tmp_path, monkeypatch):
 
 
 def test_command_refuses_unknown_image_and_gpus_for_export(tmp_path):
-    with pytest.raises(ToolchainError, match="names image 'dfc4'.*export, dfc3, dfc5"):
+    with pytest.raises(ToolchainError, match="names image 'dfc4'.*export, dfc-cuda11, dfc-cuda12"):
         _cmd(tmp_path, ["python"], image="dfc4")
     with pytest.raises(ToolchainError, match="GPU-1 in the export image"):
         _cmd(tmp_path, ["python"], name="export", image="export", gpu_device_ids=("GPU-1",))

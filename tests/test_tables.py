@@ -3,7 +3,10 @@ import pytest
 from pipeline.errors import ToolchainError
 from pipeline.tables import (
     ARCHS,
+    DFC_RELEASES,
     IMAGES,
+    SERIES,
+    UNKNOWN,
     VARIANTS,
     parse_dfc_wheel_name,
     resolve_spec,
@@ -32,9 +35,12 @@ def test_the_default_build_folder_names_only_lengths_that_differ_from_the_varian
     assert resolve_spec("base", "hailo8", seq_len=16).build_name == "base-hailo8-seq16"
 
 
-def test_every_arch_points_at_an_image_and_every_image_pins_a_base():
-    for arch in ARCHS.values():
-        assert arch.image in IMAGES
+def test_every_arch_names_a_dfc_series_and_every_known_release_an_image():
+    assert {a: ARCHS[a].dfc.dfc_major for a in ARCHS} == {"hailo8": 3, "hailo8l": 3, "hailo10h": 5}
+    assert set(SERIES) == {"dfc3", "dfc5"}
+    for release in DFC_RELEASES:
+        assert release.sources, release  # every row says where it comes from
+        assert release.image in IMAGES or release.image == UNKNOWN
     for image in IMAGES.values():
         assert image.base_image and image.min_driver > 0
 

@@ -33,5 +33,5 @@ def test_bad_build_flags_are_refused_before_anything_runs(tmp_path, args, messag
 
 def test_gpu_check_refuses_a_driver_that_is_not_a_version(tmp_path):
     code, output = _invoke("gpu-check", "--name", "NVIDIA A100-SXM4-80GB", "--compute", "8.0",
-                           "--driver", "banana", cwd=tmp_path)
+                           "--dfc-version", "3.33.1", "--driver", "banana", cwd=tmp_path)
     assert code == 2 and "Driver version 'banana' is not a version number" in output

@@ -8,10 +8,10 @@ import pytest
 
 from pipeline.errors import ToolchainError
 from pipeline.files import sha256_file
-from pipeline.tables import IMAGES
+from pipeline.tables import SERIES
 from pipeline.host.vendor import find_dfc_wheel, list_dfc_wheels
 
-DFC3, DFC5 = IMAGES["dfc3"], IMAGES["dfc5"]
+DFC3, DFC5 = SERIES["dfc3"], SERIES["dfc5"]
 WHEEL3 = "hailo_dataflow_compiler-3.31.0-py3-none-linux_x86_64.whl"
 WHEEL5 = "hailo_dataflow_compiler-5.1.0-py3-none-linux_x86_64.whl"
 

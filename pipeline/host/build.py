@@ -6,7 +6,8 @@ up to date.
     -> bundle -> report
 
 Export, calibration and the DFC stages run through the stage launcher (`pipeline.host.launcher`): in
-the `export` image and the `dfc3`/`dfc5` image, or natively with `no_docker`. Host paths are
+the `export` image and the DFC image the wheel picks (`dfc-cuda11`/`dfc-cuda12`), or natively with
+`no_docker`. Host paths are
 mounted at the same absolute paths, so each stage's command line (its config's `to_argv()`, written
 beside the stage's parser) is the same in both modes. Bundle and
 report are host-side file work and run in this process.

@@ -40,7 +40,8 @@ class BuildOptions:
     stall_timeouts: Mapping[str, float] = field(default_factory=dict)  # stage or kind -> seconds
     stage_env: Mapping[str, str] = field(default_factory=dict)  # extra environment for every stage
     export_env: Mapping[str, str] = field(default_factory=dict)  # export/calib only, e.g. HF_TOKEN
-    hang_probe_timeout_s: float = 120.0  # GPU hang probe before the first DFC stage on a GPU
+    hang_probe_timeout_s: float = 120.0  # GPU hang probe: no output and no JIT cache growth this long
+    jit_cache_dir: Optional[Path] = None  # CUDA JIT caches, one folder per image; None: default_jit_cache_root()
     stream_logs: bool = True  # stage output on the console too (always in logs/)
     min_free_gb: float = MIN_FREE_DISK_GIB  # preflight blocker below this much free disk
     min_memory_gb: float = MIN_AVAILABLE_MEMORY_GIB  # preflight blocker below this much available RAM

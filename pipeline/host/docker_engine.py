@@ -6,10 +6,11 @@ modules of pipeline/ and calib/, the DFC wheel's sha256, the wheelhouse listing,
 arguments), so `ensure_image`
 skips the build when an image with that tag exists. Stage containers get the host paths at the
 same absolute paths, the caller's uid:gid, the GPUs the gate chose and a label per stage; they
-are always removed, also on Ctrl-C and when the stall watchdog stops them.
+are always removed, also on Ctrl-C and when the stall watchdog stops them. Which target and base
+an image build uses is decided without Docker in pipeline/host/image_plan.py.
 
-About 470 lines: the one module that imports docker-py (images and containers); splitting it
-would make two.
+About 490 lines: the one module that imports docker-py (images, containers, the registry lookup);
+splitting it would make two.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 import tarfile
-import tempfile
 import socket
+import tempfile
 import threading
 import uuid
 from dataclasses import dataclass
@@ -31,22 +33,25 @@ import docker
 import docker.errors
 from docker.types import DeviceRequest, Mount
 
-from pipeline.host.build_lock import LOCK_NAME, pid_is_running
-from pipeline.host.code_closure import STAGE_ENTRY_MODULES, module_closure
 from pipeline.errors import ToolchainError
+from pipeline.host.build_lock import LOCK_NAME, pid_is_running
+from pipeline.host.base_pins import LOCK_PATH, OVERRIDE, pin_base
+from pipeline.host.code_closure import STAGE_ENTRY_MODULES, module_closure
+from pipeline.host.stage_command import CUDA_CACHE_MAXSIZE, StageCommand, stage_environment, stage_watchdog
 from pipeline.host.stage_log import StageLog
-from pipeline.host.stage_command import StageCommand, stage_environment
-from pipeline.layout import REPO_ROOT
-from pipeline.tables import IMAGES, STAGE_IMAGES, UNKNOWN
-from pipeline.host.vendor import DEFAULT_VENDOR_DIR, DfcWheel, find_dfc_wheel
+from pipeline.host.image_plan import (  # noqa: F401  (re-exported: callers plan through this module)
+    EXPORT_BASE_DIGEST,
+    EXPORT_BASE_IMAGE,
+    KINDS,
+    ImagePlan,
+    plan_image,
+)
+from pipeline.host.vendor import DEFAULT_VENDOR_DIR, DfcWheel
 from pipeline.host.watchdog import STOP_GRACE_S, StallWatchdog
+from pipeline.layout import REPO_ROOT
+from pipeline.tables import IMAGES
 
 IMAGE_REPOSITORY = "whisper-hailo"  # tags: whisper-hailo:<target>-<16 hex of the inputs hash>
-
-# The export image is CPU only; its base is not in pipeline/tables.py (that table is about DFCs).
-# Digest of the python:3.11-slim-bookworm index as quoted by several public Dockerfiles (2026-09).
-EXPORT_BASE_IMAGE = "python:3.11-slim-bookworm"
-EXPORT_BASE_DIGEST = "sha256:528257d48c1da0dcecc2e725d1ae34498d60c965f1241e39cd6a85a8859bdf84"
 
 # What goes into the build context besides the wheel and the wheelhouse (see the Dockerfile):
 # these paths whole, plus only the modules of pipeline/ and calib/ that stage containers run
@@ -54,7 +59,8 @@ EXPORT_BASE_DIGEST = "sha256:528257d48c1da0dcecc2e725d1ae34498d60c965f1241e39cd6
 # this one, ...) stay out, so editing them neither rebuilds images nor reruns stages.
 CONTEXT_PATHS = ("Dockerfile", "docker")
 # pyproject.toml and README.md are not read by the build: left out so doc edits keep the tag.
-_SKIPPED_NAMES = ("__pycache__", ".pytest_cache")
+# docker/images.lock is read on the host only (the digest reaches the build as BASE_IMAGE).
+_SKIPPED_NAMES = ("__pycache__", ".pytest_cache", LOCK_PATH.name)
 _SKIPPED_SUFFIXES = (".pyc", ".pyo")
 
 LABEL_STAGE = "whisper-hailo.stage"
@@ -65,11 +71,11 @@ LABEL_INPUTS = "whisper-hailo.inputs"
 LABEL_OWNER = "whisper-hailo.owner"
 LABEL_LOCK = "whisper-hailo.lock"
 
-# CUDA's JIT cache on a named volume: the first run on a new card JIT-compiles PTX (minutes);
-# later containers reuse it. 4 GiB instead of CUDA's 256 MiB default, which TF's kernels exceed.
+# CUDA's JIT cache in DFC containers: the first run on a card without native code JIT-compiles PTX
+# (minutes); later containers reuse it. A host folder per image when the StageCommand names one
+# (its growth is watched), else this named volume. Size limit: launcher.CUDA_CACHE_MAXSIZE.
 CUDA_CACHE_VOLUME = "whisper-hailo-cuda-cache"
 CUDA_CACHE_DIR = "/var/cache/whisper-hailo/cuda"
-CUDA_CACHE_MAXSIZE = 4 * 1024**3
 
 BUILD_LOG_TAIL_LINES = 25
 
@@ -78,6 +84,7 @@ BUILD_LOG_TAIL_LINES = 25
 class ImageRef:
     tag: str
     id: str
+    target: str = ""  # the Dockerfile target it was built from
 
 
 # --- connecting ------------------------------------------------------------------------------
@@ -103,6 +110,21 @@ def connect(base_url: Optional[str] = None) -> docker.DockerClient:
         raise explain_connection_error(err, base_url or "") from None
 
 
+def registry_digest(client: docker.DockerClient, tag: str) -> str:
+    """The registry's digest for `tag` (its multi-arch index), asked through the Docker Engine."""
+    fix = (f"On a host without registry access pass --base-image with a local copy of {tag} "
+           "(`docker save` / `docker load`); or run `invoke image --repin` where the registry is reachable "
+           "and commit docker/images.lock.")
+    try:
+        return client.images.get_registry_data(tag).id
+    except docker.errors.NotFound as err:
+        raise ToolchainError(f"The registry does not know {tag} ({_first_line(str(err.explanation or err))}).",
+                             "Check the tag in pipeline/dfc_images.py, or pass --base-image.") from None
+    except (docker.errors.DockerException, OSError) as err:  # APIError, timeouts, connection errors
+        text = str(getattr(err, "explanation", None) or err)
+        raise ToolchainError(f"The registry did not answer for {tag} ({_first_line(text)}).", fix) from None
+
+
 def explain_connection_error(err: BaseException, where: str) -> ToolchainError:
     text = str(err)
     where = where or "unix:///var/run/docker.sock"
@@ -123,34 +145,7 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0][:300] if text.strip() else "no details"
 
 
-# --- base images and tags --------------------------------------------------------------------
-
-
-def base_image_for(target: str, override: Optional[str] = None) -> str:
-    """The pinned base image reference for `target`; `override` (--base-image) wins.
-
-    Refuses a DFC base whose digest is not pinned in pipeline/tables.py yet.
-    """
-    _check_target(target)
-    if override:
-        return override
-    if target == "export":
-        return f"{EXPORT_BASE_IMAGE}@{EXPORT_BASE_DIGEST}"
-    image = IMAGES[target]
-    if image.base_image_digest == UNKNOWN or not image.base_image_digest.startswith("sha256:"):
-        raise ToolchainError(
-            f"The {target} base image {image.base_image} is not pinned by digest yet "
-            "(pipeline/tables.py IMAGES[...].base_image_digest is unknown).",
-            f"Pin it: `docker pull {image.base_image}` then `docker buildx imagetools inspect "
-            f"{image.base_image}` (the index digest) and set base_image_digest; or pass "
-            f"--base-image {image.base_image}@sha256:<digest> for this build (docker/README.md).",
-        )
-    return f"{image.base_image}@{image.base_image_digest}"
-
-
-def _check_target(target: str) -> None:
-    if target not in STAGE_IMAGES:
-        raise ToolchainError(f"Unknown image target {target!r}.", f"Choose one of: {', '.join(STAGE_IMAGES)}.")
+# --- tags --------------------------------------------------------------------
 
 
 def _context_files(repo_root: Path) -> list[tuple[Path, str]]:
@@ -166,7 +161,7 @@ def _context_files(repo_root: Path) -> list[tuple[Path, str]]:
         for dirpath, dirnames, filenames in os.walk(path):
             dirnames[:] = sorted(d for d in dirnames if d not in _SKIPPED_NAMES)
             for name in sorted(filenames):
-                if not name.endswith(_SKIPPED_SUFFIXES):
+                if not name.endswith(_SKIPPED_SUFFIXES) and name not in _SKIPPED_NAMES:
                     full = Path(dirpath) / name
                     files.append((full, full.relative_to(repo_root).as_posix()))
     return files
@@ -223,7 +218,7 @@ def image_tag(target: str, inputs_sha256: str) -> str:
 
 
 def ensure_image(
-    target: str,
+    kind: str,
     *,
     base_image: Optional[str] = None,
     wheelhouse: Optional[Path] = None,
@@ -233,35 +228,44 @@ def ensure_image(
     log_dir: Optional[Path] = None,
     console: Optional[TextIO] = None,
     client: Optional[docker.DockerClient] = None,
+    lock_path: Path = LOCK_PATH,
+    repin: bool = False,
 ) -> ImageRef:
-    """The image for `target` ("export", "dfc3", "dfc5"), built unless one with its content tag exists.
+    """The image for `kind` ("export", "dfc3", "dfc5"), built unless one with its content tag exists.
 
-    base_image: override the pinned base (e.g. a locally imported one); wheelhouse: a folder of
-    wheels for an offline build; vendor_dir: where the user's DFC wheel is (checked with
-    pipeline.host.vendor before anything is sent to Docker); dfc_wheel_sha256: expected hash, checked
-    on the host and again inside the build. The build log goes to <log_dir>/image-<target>.log
-    (default: <repo_root>/build/images).
+    A DFC kind builds the Dockerfile target the wheel's version needs (plan_image). base_image:
+    override the pinned base (e.g. a locally imported one); an unpinned base is pinned on first use
+    through the registry (base_pins.pin_base), `repin` asks again. wheelhouse: a folder of wheels
+    for an offline build; vendor_dir: where the user's DFC wheel is (checked before anything is
+    sent to Docker); dfc_wheel_sha256: expected hash, checked on the host and again inside the
+    build. The build log goes to <log_dir>/image-<target>.log (default: <repo_root>/build/images).
     """
-    _check_target(target)
-    base = base_image_for(target, base_image)
-    wheel = None
+    plan = plan_image(kind, vendor_dir=vendor_dir, base_image=base_image, lock_path=lock_path,
+                      dfc_wheel_sha256=dfc_wheel_sha256)
+    wheel = plan.wheel
     wheel_sha256 = ""
-    if target != "export":
-        wheel = find_dfc_wheel(IMAGES[target], Path(vendor_dir), dfc_wheel_sha256)
+    if wheel is not None:
         wheel_sha256 = dfc_wheel_sha256.lower() if dfc_wheel_sha256 else wheel.sha256()
     wheels = _wheelhouse_files(wheelhouse)
-    build_args = build_args_for(target, base, wheel, wheel_sha256)
-    digest = inputs_hash(target, build_args, repo_root, wheels)
-    tag = image_tag(target, digest)
+    base = plan.base
+    if base.source != OVERRIDE and (repin or not base.pinned):
+        client = client or connect()
+        table_digest = EXPORT_BASE_DIGEST if plan.target == "export" else IMAGES[plan.target].base_image_digest
+        base = pin_base(base.tag, table_digest, resolve=lambda tag: registry_digest(client, tag),
+                        lock_path=lock_path, repin=repin, console=console or sys.stderr)
+    build_args = build_args_for(plan.target, base.ref, wheel, wheel_sha256)
+    digest = inputs_hash(plan.target, build_args, repo_root, wheels)
+    tag = image_tag(plan.target, digest)
     client = client or connect()
     with contextlib.suppress(docker.errors.ImageNotFound):
-        return ImageRef(tag, client.images.get(tag).id)
-    log_path = Path(log_dir or repo_root / "build" / "images") / f"image-{target}.log"
+        return ImageRef(tag, client.images.get(tag).id, plan.target)
+    log_path = Path(log_dir or repo_root / "build" / "images") / f"image-{plan.target}.log"
     with tempfile.TemporaryFile(prefix="whisper-hailo-context-") as context:
         _write_context(context, repo_root, wheel, wheels)
         context.seek(0)
-        image_id = build_image(client, context, target, tag, build_args, {LABEL_INPUTS: digest}, log_path, console)
-    return ImageRef(tag, image_id)
+        image_id = build_image(client, context, plan.target, tag, build_args, {LABEL_INPUTS: digest}, log_path,
+                               console)
+    return ImageRef(tag, image_id, plan.target)
 
 
 def _write_context(fileobj, repo_root: Path, wheel: Optional[DfcWheel], wheels: list[Path]) -> None:
@@ -355,8 +359,11 @@ def _out_of_disk(doing: str) -> ToolchainError:
 # --- running stage containers ----------------------------------------------------------------
 
 
-def stage_mounts(build_dir: Path, read_only_paths: Iterable[Path], *, cuda_cache: bool) -> list[Mount]:
-    """Bind mounts at the same absolute paths (build dir rw, inputs ro), outer paths first."""
+def stage_mounts(build_dir: Path, read_only_paths: Iterable[Path], *, cuda_cache: bool,
+                 jit_cache_dir: Optional[Path] = None) -> list[Mount]:
+    """Bind mounts at the same absolute paths (build dir rw, inputs ro), outer paths first; with
+    cuda_cache the CUDA JIT cache at CUDA_CACHE_DIR: the host folder jit_cache_dir (its growth
+    is watched) or else the named volume."""
     build_dir = Path(build_dir).absolute()
     build_dir.mkdir(parents=True, exist_ok=True)  # else dockerd creates it, owned by root
     binds = {build_dir: False}
@@ -369,7 +376,11 @@ def stage_mounts(build_dir: Path, read_only_paths: Iterable[Path], *, cuda_cache
         Mount(target=str(p), source=str(p), type="bind", read_only=ro)
         for p, ro in sorted(binds.items(), key=lambda item: len(item[0].parts))
     ]
-    if cuda_cache:
+    if cuda_cache and jit_cache_dir is not None:
+        jit_cache_dir = Path(jit_cache_dir).absolute()
+        jit_cache_dir.mkdir(parents=True, exist_ok=True)  # ours: else dockerd refuses or makes it root's
+        mounts.append(Mount(target=CUDA_CACHE_DIR, source=str(jit_cache_dir), type="bind"))
+    elif cuda_cache:
         mounts.append(Mount(target=CUDA_CACHE_DIR, source=CUDA_CACHE_VOLUME, type="volume"))
     return mounts
 
@@ -387,10 +398,10 @@ def run_stage_container(
     client: Optional[docker.DockerClient] = None,
     deadline_s: Optional[float] = None,
     user: Optional[str] = None,
-) -> tuple[int, Optional[str]]:
+) -> tuple[int, Optional[str], bool]:
     """Run a StageCommand in a container from `image_tag`; stream its output into `log`.
 
-    Returns (exit code, stopped) with stopped None, "stall" or "deadline". The container is
+    Returns (exit code, stopped, cache grew) with stopped None, "stall" or "deadline". The container is
     removed in every case (exit, error, watchdog stop, KeyboardInterrupt).
     user: "uid:gid" to run as; default the caller's own ids, so outputs are not root-owned.
     """
@@ -400,6 +411,10 @@ def run_stage_container(
     env.setdefault("HOME", "/tmp")  # the caller's uid has no home directory in the image
     if is_dfc:
         env.update(CUDA_CACHE_PATH=CUDA_CACHE_DIR, CUDA_CACHE_MAXSIZE=str(CUDA_CACHE_MAXSIZE))
+        if IMAGES[cmd.image].lazy_module_loading:
+            # Load (and JIT-compile) a kernel module when first used instead of all at context
+            # creation; CUDA >= 11.7. Effect on the DFC not measured (no DFC or TF on a GPU here).
+            env.setdefault("CUDA_MODULE_LOADING", "LAZY")
     labels = {LABEL_STAGE: cmd.name, LABEL_BUILD_DIR: str(cmd.build_dir),
               LABEL_OWNER: f"{os.getpid()}@{socket.gethostname()}", LABEL_LOCK: str(cmd.build_dir / LOCK_NAME)}
     name = f"whisper-hailo-{_safe_name(cmd.name)}-{uuid.uuid4().hex[:8]}"
@@ -415,25 +430,26 @@ def run_stage_container(
             user=user or f"{os.getuid()}:{os.getgid()}",
             environment=env,
             labels=labels,
-            mounts=stage_mounts(cmd.build_dir, cmd.read_only_paths, cuda_cache=is_dfc),
+            mounts=stage_mounts(cmd.build_dir, cmd.read_only_paths, cuda_cache=is_dfc,
+                                jit_cache_dir=cmd.jit_cache_dir),
             device_requests=devices or None,
             working_dir=str(cmd.build_dir),
             init=True,  # docker-init forwards signals and reaps the DFC's worker processes
             detach=True,
         )
         container.start()
-        with StallWatchdog(cmd.stall_limit_s, lambda: _stop(container), deadline_s=deadline_s) as watchdog:
+        with stage_watchdog(cmd, lambda: _stop(container), log, deadline_s) as watchdog:
             reader = threading.Thread(target=_pump_logs, args=(container, log, watchdog), daemon=True)
             reader.start()
             while reader.is_alive():
                 reader.join(0.5)
             exit_code = int(container.wait()["StatusCode"])
         stopped = "deadline" if watchdog.timed_out else "stall" if watchdog.stalled else None
-        return exit_code, stopped
+        return exit_code, stopped, watchdog.grew
     except docker.errors.ImageNotFound:
         raise ToolchainError(
             f"Image {image_tag} is not on this machine.",
-            f"Build it: `invoke image --target {cmd.image}` (pipeline.host.docker_engine.ensure_image).",
+            "Build it: `invoke image --target dfc3|dfc5|export` (pipeline.host.docker_engine.ensure_image).",
         ) from None
     except docker.errors.APIError as err:
         raise _run_error(err, cmd) from None

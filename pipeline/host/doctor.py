@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 
 from pipeline.errors import ToolchainError
 from pipeline.host.gpu import GpuChoice, GpuInventory, choose_devices, read_gpus
-from pipeline.tables import get_arch
+from pipeline.tables import IMAGES, DfcImage, DfcSeries, get_arch, image_for_dfc
 from pipeline.host.vendor import DEFAULT_VENDOR_DIR, find_dfc_wheel, list_dfc_wheels
 
 GIB = 1 << 30
@@ -313,6 +313,34 @@ def _native_dfc_check(image, probes: Probes) -> Check:
     return Check("hailo_sdk_client", OK, f"DFC {version} installed")
 
 
+def _dfc_version(series: DfcSeries, vendor_dir: Path, probes: Probes, *, native: bool) -> tuple[Optional[str], str]:
+    """(version, where from): natively the installed DFC, else (or failing that) the wheel."""
+    if native and probes.find_spec("hailo_sdk_client") is not None:
+        try:
+            return probes.dist_version("hailo_dataflow_compiler"), "installed"
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    try:
+        return find_dfc_wheel(series, vendor_dir).version, "wheel in vendor/"
+    except ToolchainError:
+        return None, ""
+
+
+def _image_check(series: DfcSeries, vendor_dir: Path, probes: Probes, *, native: bool) -> tuple[Check, DfcImage]:
+    """Which image the DFC version needs (the GPU gate judges for it), as a check."""
+    version, source = _dfc_version(series, vendor_dir, probes, native=native)
+    fallback = image_for_dfc(series.min_dfc_version)
+    if version is None:
+        return Check("DFC image", WARN, f"no DFC {series.dfc_major}.x version known yet; GPUs judged for the "
+                     f"{fallback.name} image (DFC {series.min_dfc_version})"), fallback
+    try:
+        image = image_for_dfc(version)
+    except ToolchainError as err:
+        return Check("DFC image", BLOCKER, err.problem, err.fix), fallback
+    return Check("DFC image", OK, f"DFC {version} ({source}) -> {image.name}: TensorFlow {image.tensorflow}, "
+                 f"CUDA {image.cuda}, cuDNN {image.cudnn}"), image
+
+
 def _minimum_check(name: str, read, minimum_gib: float, what: str, fix: str) -> Check:
     """ok/blocker for a resource with a minimum in GiB; a warning when it cannot be read."""
     try:
@@ -359,14 +387,16 @@ def run_doctor(
     min_memory_gib: float = MIN_AVAILABLE_MEMORY_GIB,
 ) -> DoctorReport:
     """Check everything a build for `arch` needs; never raises for a failing check."""
-    image = get_arch(arch).dfc  # an unknown arch is a usage error, not a blocker: raises
+    series = get_arch(arch).dfc  # an unknown arch is a usage error, not a blocker: raises
+    image_check, image = _image_check(series, Path(vendor_dir), probes, native=no_docker)
     inventory = probes.read_gpus()
     checks, choice = _gpu_checks(inventory, image, cpu=cpu, allow_gpu=allow_gpu)
     gpu_mode = not cpu
     checks += _docker_checks(probes.docker_client, native=no_docker, gpu_mode=gpu_mode)
-    checks.append(_wheel_check(image, Path(vendor_dir), native=no_docker))
+    checks.append(_wheel_check(series, Path(vendor_dir), native=no_docker))
+    checks.append(image_check)
     if no_docker:
-        checks.append(_native_dfc_check(image, probes))
+        checks.append(_native_dfc_check(series, probes))
     checks += _resource_checks(Path(build_dir), probes, min_free_disk_gib, min_memory_gib)
     return DoctorReport(
         arch=arch,

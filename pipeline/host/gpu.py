@@ -3,15 +3,16 @@
 The DFC's optimizer runs on TensorFlow/CUDA. On some cards it works (A100), on others it hangs
 forever (L4, per the seed log), and without a usable card it silently falls back to the CPU,
 where quantization-aware fine-tuning takes hours per epoch. So before a build we read the cards
-and judge each one against the policy of the DFC image that will run (`tables.IMAGES`:
-`supported_compute`, `known_bad`, `min_driver`). The policy is data in the tables; this module
-only applies it.
+and judge each one against the policy of the DFC image that will run, which the DFC version picks
+(`pipeline/dfc_images.py`: the GPU code its TensorFlow carries, field reports, `min_driver`).
+The policy is data in the tables; this module only applies it.
 
 Reading the host:  `read_gpus()` asks NVML (nvidia-ml-py) and falls back to `nvidia-smi` when
 the NVML library is missing; a host without GPUs gives an empty `GpuInventory` with a note.
-Judging:           `judge(gpu, image)` -> `Verdict` (supported / refused / unknown).
-                   `check_card(name, compute, arch, driver)` answers without the card, for
-                   choosing which cloud GPU to rent.
+Judging:           `judge(gpu, image)` -> `Verdict` (supported / refused) with its basis:
+                   native, JIT (with the one-time cost), unsupported, field report, driver.
+                   `check_card(name, compute, dfc_version, driver)` answers without the card,
+                   for choosing which cloud GPU to rent.
 Choosing:          `choose_devices(inventory, image, allow_gpu=, cpu=)` -> `GpuChoice`, whose
                    `device_ids` (UUIDs) go into the container's GPU request.
 """
@@ -28,7 +29,7 @@ from types import ModuleType
 from typing import Callable, Optional, Sequence, Union
 
 from pipeline.errors import ToolchainError
-from pipeline.tables import DfcImage, get_arch
+from pipeline.tables import DOCUMENTED_COMPUTE, IMAGES, DfcImage, GpuCode, JitEstimate, image_for_dfc
 
 # What the seed log measured for quantization-aware fine-tuning on a CPU: 417 steps at ~21 s,
 # "2:18:40" left for epoch 1 of 6 (tiny encoder, 3340 calibration entries).
@@ -38,22 +39,22 @@ SMI_QUERY = ["index", "uuid", "name", "compute_cap", "memory.total", "driver_ver
 SMI_ARGV = ["nvidia-smi", f"--query-gpu={','.join(SMI_QUERY)}", "--format=csv,noheader,nounits"]
 SMI_TIMEOUT_S = 30  # nvidia-smi can take seconds on a busy multi-GPU host; never wait forever
 
-# Card families per compute capability, only to make advice readable ("e.g. A100").
-_EXAMPLE_CARDS = {
-    (8, 0): "A100",
-    (8, 6): "A10/A10G/RTX 30xx",
-    (7, 5): "T4/RTX 20xx",
-    (6, 1): "GTX 10xx/P4/P40",
-    (6, 0): "P100",
-}
-
 SmiRunner = Callable[[Sequence[str]], str]
 
 
 class Status(str, enum.Enum):
     SUPPORTED = "supported"
     REFUSED = "refused"
-    UNKNOWN = "unknown"  # not known to work; treated as refused unless --allow-gpu
+
+
+class Basis(str, enum.Enum):
+    """Why a verdict is what it is; the reason text starts with it."""
+
+    NATIVE = "native"  # the image's TensorFlow ships code for the card
+    JIT = "JIT"  # only PTX: compiled once at first start, cached afterwards
+    UNSUPPORTED = "unsupported"  # nothing in the image can run on the card
+    FIELD_REPORT = "field report"  # refused by name after a report, whatever the code says
+    DRIVER = "driver"  # driver older than the image's minimum
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,10 @@ class GpuInventory:
 @dataclass(frozen=True)
 class Verdict:
     status: Status
-    reason: str
+    reason: str  # starts with the basis: "native: ...", "JIT: ...", "unsupported: ...", "field report: ..."
     advice: str = ""
+    basis: Basis = Basis.NATIVE
+    jit: Optional[JitEstimate] = None  # the one-time warm-up, for a JIT verdict
 
     @property
     def supported(self) -> bool:
@@ -122,12 +125,9 @@ class Verdict:
 
     def message(self, gpu: Gpu, image: DfcImage) -> str:
         """One sentence for the user, e.g. 'NVIDIA L4 (compute 8.9) is refused for ...: <reason>.'"""
-        what = {
-            Status.SUPPORTED: "is supported",
-            Status.REFUSED: "is refused",
-            Status.UNKNOWN: "is not known to work",
-        }[self.status]
-        text = f"{gpu.label} {what} for the {image.name} image (DFC {image.dfc_major}.x): {self.reason}."
+        what = "is supported" if self.supported else "is refused"
+        text = (f"{gpu.label} {what} for the {image.name} image (TensorFlow {image.tensorflow}, "
+                f"CUDA {image.cuda}): {self.reason}.")
         return f"{text} {self.advice}".strip()
 
 
@@ -156,7 +156,9 @@ class GpuChoice:
             "device_ids": list(self.device_ids),
             "warnings": list(self.warnings),
             "verdicts": [
-                {"gpu": g.to_json(), "status": v.status.value, "reason": v.reason, "advice": v.advice}
+                {"gpu": g.to_json(), "status": v.status.value, "basis": v.basis.value, "reason": v.reason,
+                 "advice": v.advice, "jit": v.jit.summary() if v.jit else None,
+                 "jit_ceiling_s": v.jit.ceiling_s if v.jit else None}
                 for g, v in self.verdicts
             ],
         }
@@ -274,42 +276,71 @@ def read_gpus(nvml: Optional[ModuleType] = None, smi: Optional[SmiRunner] = None
 # --- judging -------------------------------------------------------------------------------------
 
 
-def _compute_list(image: DfcImage) -> str:
-    return ", ".join(f"{a}.{b}" for a, b in image.supported_compute)
+def _native_cubin(compute: tuple[int, int], code: GpuCode) -> Optional[tuple[int, int]]:
+    """The cubin a card runs natively: same major, minor at most the card's (newest such)."""
+    fitting = [sm for sm in code.native_sm if sm[0] == compute[0] and sm[1] <= compute[1]]
+    return max(fitting) if fitting else None
 
 
-def _rent_advice(image: DfcImage) -> str:
-    examples = [name for cc, name in _EXAMPLE_CARDS.items() if cc in image.supported_compute]
-    cards = f" (e.g. {', '.join(examples)})" if examples else ""
-    return f"Use a card known to work{cards}, or --cpu (hours), or --allow-gpu to try this one anyway."
+def _sm(cc: tuple[int, int]) -> str:
+    return f"sm_{cc[0]}{cc[1]}"
+
+
+def _native_elsewhere(compute: tuple[int, int]) -> list[str]:
+    return [name for name, i in IMAGES.items() if _native_cubin(compute, i.gpu_code)]
+
+
+def _code_verdict(gpu: Gpu, image: DfcImage) -> tuple[Basis, str, str]:
+    """(basis, reason, advice) from the GPU code the image's TensorFlow carries for this card."""
+    code, cc, tf = image.gpu_code, gpu.compute, f"TensorFlow {image.tensorflow}"
+    cubin = _native_cubin(cc, code)
+    if cubin:
+        listed = "" if cc in DOCUMENTED_COMPUTE else " (not in Hailo's documented Pascal/Turing/Ampere list; the code is there)"
+        return Basis.NATIVE, f"native: {tf} ships {_sm(cubin)} code, which runs on compute {gpu.compute_str}{listed}", ""
+    others = [n for n in _native_elsewhere(cc) if n != image.name]
+    elsewhere = f"The {', '.join(others)} image (another DFC release) runs it natively. " if others else ""
+    if cc >= code.no_jit_from or cc < code.ptx and not cubin:
+        why = code.no_jit_reason if cc >= code.no_jit_from else (
+            f"its oldest code is {_sm(min(code.native_sm))} and its PTX (compute_{code.ptx[0]}{code.ptx[1]}) "
+            "needs a newer card")
+        return (Basis.UNSUPPORTED, f"unsupported: {tf} has no code that runs on compute {gpu.compute_str}: {why}",
+                elsewhere + "Use an A100/A10/RTX 30xx-class card, or --cpu (hours).")
+    jit = code.jit.summary() if code.jit else "size and time not measured"
+    return (Basis.JIT,
+            f"JIT: {tf} has no code for compute {gpu.compute_str}, only PTX (compute_{code.ptx[0]}{code.ptx[1]}); "
+            f"the first start JIT-compiles its kernels: {jit}, then they come from the CUDA cache",
+            elsewhere + "Allowed: the first start is slow once; later runs reuse the compiled kernels.")
 
 
 def judge(gpu: Gpu, image: DfcImage) -> Verdict:
-    """Apply `image`'s GPU policy (tables.IMAGES) to one card.
+    """Apply `image`'s GPU policy (pipeline/dfc_images.py) to one card.
 
-    Refused: a known-bad name (the table's reason and advice) or a driver below `min_driver`.
-    Supported: compute capability in `supported_compute`. Anything else: unknown.
+    Refused: a field report (known-bad name), a driver below `min_driver`, or no code in the
+    image's TensorFlow that can run on the card (unsupported). Supported: native code, or PTX the
+    driver JIT-compiles once (the verdict says how long).
     """
-    reasons, advice = [], []
+    reasons, advice, bases = [], [], []
     for bad in image.known_bad:
         if re.search(bad.name_pattern, gpu.name, flags=re.IGNORECASE):
             reasons.append(bad.reason)
             advice.append(bad.advice)
+            bases.append(Basis.FIELD_REPORT)
     driver_major = gpu.driver_major
     if driver_major is not None and driver_major < image.min_driver:
         reasons.append(
             f"driver {gpu.driver} is older than {image.min_driver}, the minimum for this image (CUDA {image.cuda})"
         )
         advice.append(f"Update the NVIDIA driver to {image.min_driver} or newer.")
+        bases.append(Basis.DRIVER)
+    basis, reason, code_advice = _code_verdict(gpu, image)
+    if basis is Basis.UNSUPPORTED:
+        reasons.append(reason)
+        advice.append(code_advice)
+        bases.append(basis)
     if reasons:
-        return Verdict(Status.REFUSED, "; ".join(reasons), " ".join(advice))
-    if gpu.compute in image.supported_compute:
-        return Verdict(Status.SUPPORTED, f"compute capability {gpu.compute_str} is documented to work")
-    return Verdict(
-        Status.UNKNOWN,
-        f"compute capability {gpu.compute_str} is not among those known to work ({_compute_list(image)})",
-        _rent_advice(image),
-    )
+        return Verdict(Status.REFUSED, "; ".join(reasons), " ".join(advice), bases[0])
+    jit = image.gpu_code.jit if basis is Basis.JIT else None
+    return Verdict(Status.SUPPORTED, reason, code_advice, basis, jit)
 
 
 def parse_compute(compute: Union[str, float, tuple[int, int]]) -> tuple[int, int]:
@@ -325,12 +356,12 @@ def parse_compute(compute: Union[str, float, tuple[int, int]]) -> tuple[int, int
     return int(match.group(1)), int(match.group(2))
 
 
-def check_card(name: str, compute, arch: str, driver: Union[str, int, None] = None) -> tuple[Gpu, Verdict]:
-    """Judge a card you don't have yet (e.g. before renting it) for a Hailo architecture.
+def check_card(name: str, compute, dfc_version: str, driver: Union[str, int, None] = None) -> tuple[Gpu, Verdict]:
+    """Judge a card you don't have yet (e.g. before renting it) for the image DFC `dfc_version` uses.
 
     Without `driver`, the driver rule is not applied.
     """
-    image = get_arch(arch).dfc
+    image = image_for_dfc(dfc_version)
     if not str(name).strip():
         raise ToolchainError("The GPU name is empty.", 'Pass the name NVML reports, e.g. --name "NVIDIA L4".')
     if driver is not None and not re.fullmatch(r"\d+(\.\d+)*", str(driver).strip()):
@@ -351,8 +382,8 @@ def choose_devices(
     """Which devices the DFC stages use.
 
     cpu: no GPU on purpose (warns that fine-tuning takes hours). Otherwise the supported cards;
-    with none supported, `allow_gpu` takes the unknown cards (else the refused ones) with a loud
-    warning, and without it the build is refused with every card's reason.
+    with none supported, `allow_gpu` takes the refused cards that have code to run (else all) with
+    a loud warning, and without it the build is refused with every card's reason.
     """
     if cpu and allow_gpu:
         raise ToolchainError("--cpu and --allow-gpu contradict each other.", "Pass only one of them.")
@@ -370,18 +401,19 @@ def choose_devices(
     if not inventory.gpus:
         raise ToolchainError(
             f"No NVIDIA GPU found ({inventory.note}).",
-            f"Build on a host with a supported GPU (compute capability {_compute_list(image)}, e.g. an "
-            "A100), or pass --cpu to run the DFC stages on the CPU on purpose (fine-tuning takes hours).",
+            f"Build on a host with a GPU the {image.name} image runs natively (e.g. an A100), or pass "
+            "--cpu to run the DFC stages on the CPU on purpose (fine-tuning takes hours).",
         )
-    supported = tuple(g for g, v in verdicts if v.supported)
-    skipped = tuple(
-        f"Not using {v.message(g, image)}" for g, v in verdicts if not v.supported
-    ) if supported else ()
+    # Native cards first: a JIT card is used only when no card runs the image's code natively.
+    supported = tuple(g for g, v in verdicts if v.supported and v.basis is Basis.NATIVE) or tuple(
+        g for g, v in verdicts if v.supported)
     if supported:
-        return GpuChoice(mode="gpu", devices=supported, warnings=skipped, verdicts=verdicts)
+        skipped = tuple(f"Not using {v.message(g, image)}" for g, v in verdicts if g not in supported)
+        return GpuChoice(mode="gpu", devices=supported, warnings=skipped + jit_warnings(verdicts, supported, image),
+                         verdicts=verdicts)
     if allow_gpu:
-        unknown = tuple(g for g, v in verdicts if v.status is Status.UNKNOWN)
-        chosen = unknown or tuple(inventory.gpus)
+        # A card refused by report or driver may still run; one with no code for it cannot.
+        chosen = tuple(g for g, v in verdicts if v.basis is not Basis.UNSUPPORTED) or tuple(inventory.gpus)
         warnings = tuple(
             f"--allow-gpu: USING {g.label} ANYWAY although it is {v.status.value} for the "
             f"{image.name} image: {v.reason}. The optimizer may hang or fail; the stage watchdog "
@@ -392,8 +424,19 @@ def choose_devices(
         return GpuChoice(mode="gpu", devices=chosen, warnings=warnings, verdicts=verdicts)
     advice = list(dict.fromkeys(v.advice for _, v in verdicts if v.advice))  # once each, in order
     raise ToolchainError(
-        f"No supported GPU for the {image.name} image (DFC {image.dfc_major}.x): "
+        f"No supported GPU for the {image.name} image (TensorFlow {image.tensorflow}, CUDA {image.cuda}): "
         + "; ".join(f"{g.label} is {v.status.value}: {v.reason}" for g, v in verdicts)
         + ".",
         " ".join(advice),
+    )
+
+
+def jit_warnings(verdicts, chosen: tuple[Gpu, ...], image: DfcImage) -> tuple[str, ...]:
+    """The one-time JIT warm-up, stated before the build starts, for each chosen JIT card."""
+    return tuple(
+        f"{g.label} needs a one-time JIT warm-up in the {image.name} image: {v.jit.summary() if v.jit else 'not measured'}. "
+        f"The GPU hang probe allows up to {v.jit.ceiling_s / 60 if v.jit else 30:.0f} min while the GPU "
+        "kernel cache grows; later runs reuse the compiled kernels."
+        for g, v in verdicts
+        if g in chosen and v.basis is Basis.JIT
     )

@@ -17,7 +17,8 @@ import time
 from typing import Optional, TextIO
 
 from pipeline.errors import ToolchainError
-from pipeline.host.stage_command import StageCommand, StageRun, native_argv, stage_environment
+from pipeline.host.stage_command import (CUDA_CACHE_MAXSIZE, StageCommand, StageRun, native_argv, stage_environment,
+                                         stage_watchdog)
 from pipeline.host.stage_log import StageLog
 from pipeline.host.stop_signals import parent_death_signal
 from pipeline.host.watchdog import STOP_GRACE_S, StallWatchdog
@@ -40,8 +41,8 @@ def run_stage(
     )
     if stopped == "stall":
         raise ToolchainError(
-            f"Stage {cmd.name} printed nothing for {cmd.stall_limit_s:.0f} s and was stopped "
-            f"(stall watchdog). Last log lines:\n{tail}\n",
+            f"Stage {cmd.name} printed nothing{' and its GPU kernel cache did not grow' if cmd.jit_cache_dir else ''} "
+            f"for {cmd.stall_limit_s:.0f} s and was stopped (stall watchdog). Last log lines:\n{tail}\n",
             f"Full log: {cmd.log_path}. If the stage is just slow, raise its stall limit "
             f"(`invoke build --stall-limit {cmd.name}=MINUTES`); if it hangs on a GPU, see the GPU "
             "advice from `invoke doctor` or run with --cpu.",
@@ -66,13 +67,13 @@ def execute_stage(
 ) -> tuple[StageRun, Optional[str], str]:
     """Run `cmd` without judging its exit code: (StageRun, stopped, log tail).
 
-    stopped: None, "stall" (silent longer than the limit) or "deadline" (ran longer than
-    deadline_s). `user` ("uid:gid") overrides the caller's ids for the container.
+    stopped: None, "stall" (no output and no JIT cache growth for longer than the limit) or
+    "deadline" (ran longer than deadline_s). `user` ("uid:gid") overrides the caller's ids for the container.
     """
     start = time.monotonic()
     with StageLog(cmd.log_path, console) as log:
         if native:
-            exit_code, stopped = _run_native(cmd, log, deadline_s)
+            exit_code, stopped, grew = _run_native(cmd, log, deadline_s)
         else:
             if not image_tag:
                 raise ToolchainError(
@@ -81,12 +82,12 @@ def execute_stage(
                 )
             from pipeline.host import docker_engine  # host side only: native mode needs no docker-py
 
-            exit_code, stopped = docker_engine.run_stage_container(
+            exit_code, stopped, grew = docker_engine.run_stage_container(
                 cmd, image_tag, log, client=docker_client, deadline_s=deadline_s, user=user
             )
         if stopped:
             log.note(f"stopped: {stopped} (exit code {exit_code})")
-    return StageRun(exit_code, time.monotonic() - start, cmd.log_path), stopped, log.tail()
+    return StageRun(exit_code, time.monotonic() - start, cmd.log_path, grew), stopped, log.tail()
 
 
 def check_native_dfc() -> str:
@@ -103,8 +104,10 @@ def check_native_dfc() -> str:
     return str(spec.origin)
 
 
-def _run_native(cmd: StageCommand, log: StageLog, deadline_s: Optional[float]) -> tuple[int, Optional[str]]:
+def _run_native(cmd: StageCommand, log: StageLog, deadline_s: Optional[float]) -> tuple[int, Optional[str], bool]:
     env = {**os.environ, **stage_environment(cmd)}
+    if cmd.jit_cache_dir is not None:
+        env.update(CUDA_CACHE_PATH=str(cmd.jit_cache_dir), CUDA_CACHE_MAXSIZE=str(CUDA_CACHE_MAXSIZE))
     if cmd.gpu_device_ids:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(cmd.gpu_device_ids)
     elif cmd.image != "export":
@@ -124,7 +127,7 @@ def _run_native(cmd: StageCommand, log: StageLog, deadline_s: Optional[float]) -
         _stop_process_group(proc)
 
     try:
-        with StallWatchdog(cmd.stall_limit_s, stop, deadline_s=deadline_s) as watchdog:
+        with stage_watchdog(cmd, stop, log, deadline_s) as watchdog:
             reader = threading.Thread(target=_pump, args=(proc.stdout, log, watchdog), daemon=True)
             reader.start()
             while reader.is_alive():
@@ -134,7 +137,7 @@ def _run_native(cmd: StageCommand, log: StageLog, deadline_s: Optional[float]) -
         if proc.poll() is None:  # Ctrl-C, SIGTERM/SIGHUP or an error in the launcher: leave nothing running
             _stop_process_group(proc)
     stopped = "deadline" if watchdog.timed_out else "stall" if watchdog.stalled else None
-    return exit_code, stopped
+    return exit_code, stopped, watchdog.grew
 
 
 def _pump(stream, log: StageLog, watchdog: StallWatchdog) -> None:

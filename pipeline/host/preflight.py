@@ -21,7 +21,7 @@ from pipeline.host.doctor import WARN, Probes, run_doctor
 from pipeline.host.stage_cache import files_under
 from pipeline.host.vendor import find_dfc_wheel
 from pipeline.layout import Layout
-from pipeline.tables import MODELS, BuildSpec
+from pipeline.tables import MODELS, BuildSpec, image_for_dfc
 
 # Audio the calib stage reads (calib.audio.AUDIO_EXTENSIONS is the full list; these cover the
 # cache key without importing calib, whose dependencies belong to the export image).
@@ -32,7 +32,7 @@ _AUDIO_SUFFIXES_FALLBACK = (".wav", ".flac", ".ogg", ".mp3", ".opus")
 class Tool:
     """What runs a stage: an image (Docker) or this environment (native)."""
 
-    image: str  # "export" | "dfc3" | "dfc5"
+    image: str  # "export" | a DFC image target ("dfc-cuda11", "dfc-cuda12")
     tag: Optional[str]  # Docker image tag; None natively
     identity: Mapping[str, Any]  # goes into the stage keys
 
@@ -74,10 +74,11 @@ def _native_dfc_identity(env: Mapping[str, str]) -> dict:
 def resolve_tools(options: BuildOptions, spec: BuildSpec, wheel_version: Optional[str],
                   log_dir: Optional[Path] = None, console=None) -> dict[str, Tool]:
     """The export tool and the DFC tool; builds (or finds up to date) the images in Docker mode."""
-    dfc_image = spec.arch.image
     if options.no_docker:
         python = {"python": platform.python_version()}
         dfc = _native_dfc_identity(options.stage_env)
+        # the image whose GPU policy and JIT cache fit the DFC that runs (table: pipeline/dfc_images.py)
+        dfc_image = image_for_dfc(dfc["dfc_version"] or wheel_version or spec.arch.dfc.min_dfc_version).name
         return {
             "export": Tool("export", None, {"mode": "native", **python}),
             "dfc": Tool(dfc_image, None, {"mode": "native", **python, **dfc}),
@@ -85,13 +86,13 @@ def resolve_tools(options: BuildOptions, spec: BuildSpec, wheel_version: Optiona
     from pipeline.host.docker_engine import ensure_image  # host side only: native mode needs no docker-py
 
     tools = {}
-    for role, target in (("export", "export"), ("dfc", dfc_image)):
-        ref = ensure_image(target, base_image=options.base_image, wheelhouse=options.wheelhouse,
+    for role, kind in (("export", "export"), ("dfc", spec.arch.series)):
+        ref = ensure_image(kind, base_image=options.base_image, wheelhouse=options.wheelhouse,
                            vendor_dir=options.vendor_dir, log_dir=log_dir, console=console)
         identity = {"mode": "docker", "image_id": ref.id}
         if role == "dfc":
             identity["dfc_version"] = wheel_version
-        tools[role] = Tool(target, ref.tag, identity)
+        tools[role] = Tool(ref.target, ref.tag, identity)
     return tools
 
 

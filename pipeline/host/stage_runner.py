@@ -18,8 +18,9 @@ from pipeline.dfc.optimize import OptimizeConfig
 from pipeline.dfc.parse import ParseConfig
 from pipeline.export.export import ExportConfig
 from pipeline.host.build_options import BuildOptions
-from pipeline.host.hang_probe import HangProbe, run_hang_probe
+from pipeline.host.hang_probe import DEFAULT_PROBE_CEILING_S, HangProbe, run_hang_probe
 from pipeline.host.launcher import StageCommand, run_stage
+from pipeline.host.stage_command import default_jit_cache_root
 from pipeline.host.preflight import Preflight, Tool
 from pipeline.host.stage_cache import StageRecord
 from pipeline.layout import Layout
@@ -73,6 +74,7 @@ class StageRunner:
             gpu_device_ids=self.pre.gpu_device_ids if tool.image != "export" else (),
             env=self.stage_env(tool),
             stall_timeout_s=stall,
+            jit_cache_dir=self.jit_cache_dir(tool),
         )
         if not self.options.no_docker and self._docker_client is None:
             from pipeline.host.docker_engine import connect  # Docker mode only: native needs no docker-py
@@ -97,14 +99,22 @@ class StageRunner:
         """Once per build, before the first DFC stage on a GPU: a card that would hang the
         optimizer is reported within the probe's timeout instead of hours later."""
         devices = self.pre.gpu.get("devices") or [{}]
-        advice = next((v.get("advice", "") for v in self.pre.gpu.get("verdicts", [])
-                       if v.get("gpu", {}).get("uuid") == devices[0].get("uuid")), "")
+        verdict = next((v for v in self.pre.gpu.get("verdicts", [])
+                        if v.get("gpu", {}).get("uuid") == devices[0].get("uuid")), {})
         probe = HangProbe(image=tool.image, gpu_device_ids=self.pre.gpu_device_ids,
-                          gpu_name=devices[0].get("name", "the GPU"), advice=advice,
+                          gpu_name=devices[0].get("name", "the GPU"), advice=verdict.get("advice", ""),
                           build_dir=self.layout.root, log_path=self.layout.logs / "gpu-hang-probe.log",
-                          timeout_s=self.options.hang_probe_timeout_s)
+                          timeout_s=self.options.hang_probe_timeout_s, jit_cache_dir=self.jit_cache_dir(tool),
+                          jit_expected=verdict.get("jit") or "",
+                          ceiling_s=verdict.get("jit_ceiling_s") or DEFAULT_PROBE_CEILING_S)
         self.ui.running("gpu-hang-probe")
         took = run_hang_probe(probe, native=self.options.no_docker, image_tag=tool.tag, console=self.ui.stream,
                               docker_client=self._docker_client)
         self.ui.done("gpu-hang-probe", took)
         self._gpu_probed = True
+
+    def jit_cache_dir(self, tool: Tool):
+        """The CUDA JIT cache the DFC stages of `tool` share (on the host, across builds); None for export."""
+        if tool.image == "export":
+            return None
+        return (self.options.jit_cache_dir or default_jit_cache_root()) / tool.image

@@ -1,9 +1,13 @@
-"""Stall watchdog: stop a stage that has printed nothing for longer than its limit.
+"""Stall watchdog: stop a stage that has made no progress for longer than its limit.
 
 A hung DFC (the field report: an optimizer that never returns on an L4) looks exactly like a slow
 one, except that it stops printing. The launcher feeds every chunk of stage output to a
 `StallWatchdog`; when the silence exceeds the stage's limit the watchdog calls `on_stall` once
 (the launcher then stops the process or container) and the launcher reports the stall.
+
+Output is not the only progress: a TensorFlow 2.12 image on an H100 JIT-compiles its kernels for
+minutes without printing a line, while the CUDA JIT cache directory grows. So the watchdog can
+also poll a size (`progress`, e.g. `directory_size` of the cache); growth counts like output.
 
 Limits are per stage kind and come from the seed conversion log
 (../shared/reference/seed-dfc-conversion-log.txt); every limit is overridable per StageCommand.
@@ -11,8 +15,10 @@ Limits are per stage kind and come from the seed conversion log
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 MINUTE = 60.0
@@ -50,6 +56,20 @@ STOP_GRACE_S = 10
 
 # How often the watchdog looks at the clock; small enough that tests with 1-2 s limits are quick.
 _POLL_S = 0.2
+# How often it measures the progress source (a directory walk: a few hundred cache files).
+PROGRESS_POLL_S = 1.0
+
+
+def directory_size(path: Path) -> int:
+    """Bytes of the regular files under `path` (0 when it does not exist); never raises."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:  # a file replaced while we looked
+                continue
+    return total
 
 
 def default_stall_limit(stage_name: str) -> float:
@@ -59,10 +79,12 @@ def default_stall_limit(stage_name: str) -> float:
 
 
 class StallWatchdog:
-    """Calls `on_stall()` once if `feed()` is not called for `limit_s` seconds (and `deadline_s`
-    total, when given, is not exceeded).
+    """Calls `on_stall()` once if neither `feed()` is called nor `progress()` grows for `limit_s`
+    seconds, or when the run exceeds `deadline_s` in total (when given).
 
-    Use as a context manager around the stage; `stalled` / `timed_out` say what happened.
+    progress: returns a number that grows while the stage works silently (a cache directory's
+    size); polled every PROGRESS_POLL_S. on_growth: called once, the first time it grows.
+    Use as a context manager around the stage; `stalled` / `timed_out` / `grew` say what happened.
     """
 
     def __init__(
@@ -72,6 +94,8 @@ class StallWatchdog:
         *,
         deadline_s: Optional[float] = None,
         clock: Callable[[], float] = time.monotonic,
+        progress: Optional[Callable[[], int]] = None,
+        on_growth: Optional[Callable[[], None]] = None,
     ):
         if limit_s <= 0:
             raise ValueError(f"stall limit must be positive, got {limit_s}")
@@ -79,11 +103,16 @@ class StallWatchdog:
         self.deadline_s = deadline_s
         self._on_stall = on_stall
         self._clock = clock
+        self._progress = progress
+        self._on_growth = on_growth
+        self._last_size = progress() if progress else 0
+        self._next_measure = 0.0
         self._started = self._last_output = clock()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="stall-watchdog", daemon=True)
-        self.stalled = False  # silent for longer than limit_s
+        self.stalled = False  # no output and no growth for longer than limit_s
         self.timed_out = False  # ran longer than deadline_s in total
+        self.grew = False  # the progress source grew at least once
 
     def feed(self) -> None:
         """Record that the stage printed something."""
@@ -97,9 +126,22 @@ class StallWatchdog:
     def silent_for_s(self) -> float:
         return self._clock() - self._last_output
 
+    def _measure(self, now: float) -> None:
+        if self._progress is None or now < self._next_measure:
+            return
+        self._next_measure = now + PROGRESS_POLL_S
+        size = self._progress()
+        if size > self._last_size:
+            self._last_output = now
+            if not self.grew and self._on_growth is not None:
+                self._on_growth()
+            self.grew = True
+        self._last_size = size
+
     def _watch(self) -> None:
         while not self._done.wait(_POLL_S):
             now = self._clock()
+            self._measure(now)
             if self.deadline_s is not None and now - self._started > self.deadline_s:
                 self.timed_out = True
             elif now - self._last_output > self.limit_s:
