@@ -120,6 +120,8 @@ class BuildLock:
             return True
         except FileExistsError:
             return False
+        except FileNotFoundError:  # the holder's partial-file cleanup took our temp file: try again
+            return False
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
