@@ -5,7 +5,9 @@ The end-to-end tests run every stage for real (export of a random-init tiny Whis
 sets from espeak-ng speech, ONNX Runtime) with the DFC test double from tests/dfc_double in place
 of the licensed DFC: natively (`--no-docker`, the double on the stages' PYTHONPATH) and through
 real Docker (the double installed as a wheel in the dfc3 image). One build directory serves the
-sequence full build -> no-op -> model script change -> killed in optimize -> resume -> lock.
+sequence full build -> no-op -> model script change -> stalled in optimize -> resume -> lock ->
+`invoke build` (relative paths) stopped by SIGTERM, SIGHUP, SIGKILL while optimize hangs -> resume.
+Filesystem faults and a change of --seconds: tests/test_build_faults.py.
 """
 
 from __future__ import annotations
@@ -259,6 +261,7 @@ def _check_stop_signals(flow: Flow, tmp_path: Path) -> None:
             assert "encoder-calib" in output and (build / ".stages" / "encoder-calib.json").exists()
         if sig != signal.SIGKILL:
             assert code == 128 + sig, output
+            assert "[whisper-hailo]" not in output, "stage output stays in logs/ unless --verbose"
             assert f"stopped by {sig.name}" in output
             assert not (build / "build.lock").exists(), "the lock is released"
             if index == 1:
