@@ -127,6 +127,16 @@ def export(c, variant=DEFAULT_VARIANT, seconds=None, seq_len=None, model=None, o
     print(f"export written to {result.export_json.parent}")
 
 
+@task(name="graph-check", help={"onnx": "an exported .onnx file", "json": "print the report as JSON"})
+def graph_check(c, onnx, json=False):
+    """Check an ONNX graph against the DFC graph rules (pipeline/export/GRAPH_RULES.md); exit 0 conforms, 1 not."""
+    from pipeline.export.graph_check import main
+
+    code = main([onnx] + (["--json"] if json else []))
+    if code:
+        raise Exit(code=code)
+
+
 # --- calibration (calib/) ----------------------------------------------------------------------
 
 
@@ -232,6 +242,40 @@ def compile(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, model="both", build_d
 
     for name, result in compile_build(_build_layout(variant, arch, build_dir).root, arch, _dfc_models(model)).items():
         print(f"{name}: {result['hef']} ({result['contexts']} contexts, sha256 {result['hef_sha256'][:12]})")
+
+
+@task(
+    name="probe",
+    help={
+        "variant": "tiny, tiny.en, base or base.en",
+        "arch": "hailo8, hailo8l or hailo10h",
+        "all": "every variant x arch cell (needs each variant's weights in the Hugging Face cache)",
+        "model": "Hugging Face id, transformers or CTranslate2 folder (one variant only)",
+        "out": "scratch folder (default build/probe)",
+        "seconds": "encoder input length (default: the variant's)",
+        "seq_len": "decoder sequence length (default: the variant's)",
+    },
+)
+@_friendly_errors
+def probe(c, variant=None, arch=None, all=False, model=None, out="build/probe", seconds=None, seq_len=None):
+    """Parse-only probe with the DFC installed HERE (CPU, no GPU): export, graph rules, parse, layer names.
+
+    Run it first after installing a new DFC version, before renting a GPU. Exit 1 when a cell fails.
+    """
+    from pathlib import Path
+
+    from pipeline.host import probe as probing
+
+    variants, archs = probing.cells(variant, arch, all)
+    if model and len(variants) > 1:
+        raise ToolchainError("--model names one checkpoint, --all probes four variants.",
+                             "Drop --model (the variants' Hugging Face ids are used) or pass --variant.")
+    results = probing.probe(variants, archs, Path(out), model,
+                            float(seconds) if seconds else None, int(seq_len) if seq_len else None)
+    print(probing.render(results))
+    print(f"details: {Path(out) / 'probe.json'}")
+    if any(not cell.ok for cell in results):  # (`all` is the flag here)
+        raise Exit(code=1)
 
 
 @task(

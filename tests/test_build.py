@@ -110,6 +110,10 @@ def _check_flow(flow: Flow, tmp_path: Path) -> None:
     assert set(manifest["stages"]) == set(STAGE_ORDER) - {"report"}
     assert all(manifest["stages"][s]["duration_s"] > 0 for s in BEFORE_OPTIMIZE)
     assert manifest["dfc"]["encoder"]["timeline"]["optimize"], "the DFC log timeline is recorded"
+    # the resolved script's role table and the HAR's layer list are in the manifest
+    roles = {row["reference"]: row["layers"] for row in manifest["dfc"]["encoder"]["layer_roles"]}
+    assert roles["conv4"] == ["conv6"]  # hailo-whisper's block-0 attention output is our conv6
+    assert json.loads(Path(manifest["dfc"]["encoder"]["har_layers"]).read_text())["har_layers"]
     assert manifest["gpu"]["mode"] == "cpu"
     assert "NOT DEPLOYABLE" in (build / "report.md").read_text().splitlines()[2]
     assert json.loads((build / "bundle" / "config.json").read_text())["deployable"] is False

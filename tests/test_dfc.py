@@ -83,16 +83,30 @@ def test_encoder_parse_optimize_compile(dfc_double, tiny_export_dir, meta, calib
     assert optimized["calib_entries"] == ENTRIES and optimized["profile"] == "quick"
     assert list(optimized["snr_db"]) == [f"{net}/output_layer1"]
     assert isinstance(optimized["snr_db"][f"{net}/output_layer1"], float)
-    expected_script = resolve_model_script("tiny", ARCH, "encoder", "quick", noise_analysis=True).text
-    assert (out / f"{net}.alls").read_text() == expected_script
+    generated = resolve_model_script("tiny", ARCH, "encoder", "quick", noise_analysis=True).text
+    written = (out / f"{net}.alls").read_text()
+    # hailo-whisper's conv4 (block 0 attention output) is our conv6: q, k, v stay three convs here
+    assert "quantization_param(conv4, precision_mode=a16_w16)" in generated
+    assert "quantization_param(conv6, precision_mode=a16_w16)  # encoder block 0: self-attention output " \
+           "projection (hailo-whisper conv4)" in written
     assert optimized["model_script_sha256"] == sha256_file(out / f"{net}.alls")
+    assert {"reference": "conv4", "role": "encoder block 0: self-attention output projection",
+            "layers": ["conv6"]} in optimized["layer_roles"]
+    layers = json.loads((out / f"{net}.layers.json").read_text())
+    assert f"{net}/conv6" in layers["har_layers"] and layers["roles"] == optimized["layer_roles"]
+    assert (out / "optimize-work").is_dir()  # optimize(work_dir=...) inside the output folder
     stats = [e for e in optimized["timeline"] if e["name"] == "Statistics Collector"][0]
     assert stats["details"]["calibration_entries"] == ENTRIES and stats["duration_s"] is not None
 
-    compiled = run_compile(CompileConfig(out / f"{net}_optimized.har", ARCH, out))
+    compiled = run_compile(CompileConfig(out / f"{net}_optimized.har", ARCH, out, model_script=out / f"{net}.alls"))
     hef = out / f"{net}.hef"
     assert compiled["hef"] == str(hef) and compiled["hef_sha256"] == sha256_file(hef)
     assert hef.read_bytes().startswith(HEF_MAGIC)
+    # the double keeps no script in the HAR: these compile-time commands reached compile() only
+    # because compile loaded the script again
+    header = json.loads(hef.read_bytes().split(b"\n", 1)[1])
+    assert header["compile_commands"] == ["performance_param(optimize_for_batch=1)"]
+    assert compiled["model_script_sha256"] == sha256_file(out / f"{net}.alls")
     assert isinstance(compiled["contexts"], int) and compiled["contexts"] >= 1
     assert (out / f"{net}_compiled.har").is_file() and (out / "compile.json").is_file()
     assert _no_partial_files(out)
@@ -443,3 +457,38 @@ def test_failed_optimize_leaves_no_optimized_har_from_an_earlier_run(optimized_e
         _optimize(tiny_export_dir, "encoder", out, calib["encoder"])
     assert not (out / f"{net}_optimized.har").exists() and not (out / "optimize.json").exists()
     assert (out / f"{net}.har").is_file()  # the input is kept: optimize can be resumed from it
+
+
+@pytest.mark.slow
+def test_a_model_script_naming_unknown_layers_stops_before_optimize(dfc_double, tiny_export_dir, meta, calib,
+                                                                   tmp_path):
+    net = meta["encoder"]["net_name"]
+    _parse(tiny_export_dir, "encoder", tmp_path)
+    script = tmp_path / "mine.alls"
+    script.write_text("model_optimization_config(calibration, calibset_size=8)\n"
+                      "quantization_param(conv77, precision_mode=a16_w16)\n")
+    with pytest.raises(ToolchainError, match=r"names layers the parsed HAR does not have: line 2: 'conv77' "
+                                             r"\(nearest: conv7"):
+        _optimize(tiny_export_dir, "encoder", tmp_path, calib["encoder"], model_script=script)
+    # nothing that looks done, and the optimizer never started (no stats in a log, no work dir)
+    assert not (tmp_path / "optimize.json").exists() and not (tmp_path / f"{net}_optimized.har").exists()
+    assert not (tmp_path / f"{net}.alls").exists() and not (tmp_path / "optimize-work").exists()
+    assert "Starting Model Optimization" not in (tmp_path / "optimize-dfc.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_har_of_another_network_is_refused_before_optimize(dfc_double, tiny_export_dir, meta, calib, tmp_path):
+    dnet = meta["decoder"]["net_name"]
+    _parse(tiny_export_dir, "decoder", tmp_path)
+    with pytest.raises(ToolchainError, match=f"holds the network '{dnet}', but export.json's encoder is"):
+        run_optimize(OptimizeConfig(har=tmp_path / f"{dnet}.har", model="encoder", export_dir=tiny_export_dir,
+                                    calib=calib["encoder"], arch=ARCH, out_dir=tmp_path, profile="quick"))
+    assert not (tmp_path / "optimize.json").exists()
+
+
+def test_compile_refuses_a_missing_model_script_before_the_dfc(dfc_double, tmp_path):
+    har = tmp_path / "net_optimized.har"
+    har.write_bytes(b"x")
+    with pytest.raises(ToolchainError, match="Model script .*missing.alls does not exist"):
+        run_compile(CompileConfig(har, ARCH, tmp_path, model_script=tmp_path / "missing.alls"))
+    assert not (tmp_path / "compile.json").exists()

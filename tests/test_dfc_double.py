@@ -168,7 +168,9 @@ def test_outputs_say_not_deployable_and_reload(client, tiny_export_dir, meta, tm
     with tarfile.open(har) as tar:
         assert "NOT DEPLOYABLE" in tar.extractfile("NOT_DEPLOYABLE.txt").read().decode()
     resumed = client.ClientRunner(hw_arch="hailo8l", har=str(har))
-    assert resumed.state == client.States.QUANTIZED_MODEL and "checker_cfg" in resumed.model_script
+    # like the Model Zoo assumes of the DFC, the script is not in the HAR: compile must load it again
+    assert resumed.state == client.States.QUANTIZED_MODEL and resumed.model_script == ""
+    assert "model_script" not in json.loads(tarfile.open(har).extractfile("double_state.json").read())
     hef = resumed.compile()
     assert hef.startswith(b"DFC-TEST-DOUBLE-HEF-PLACEHOLDER NOT DEPLOYABLE")
     assert json.loads(hef.split(b"\n", 1)[1])["hw_arch"] == "hailo8l"
@@ -224,3 +226,90 @@ def test_builds_an_installable_wheel(tmp_path, version):
 def test_wheel_version_must_say_testdouble(tmp_path):
     with pytest.raises(ToolchainError, match="lacks the \\+testdouble label"):
         build_test_double_wheel(DOUBLE_DIR, tmp_path, "3.31.0")
+
+
+# --- parser and naming (hailo_sdk_client/naming.py) ----------------------------------------------
+
+
+def _small_onnx(path, fold_to_rank2=False, gemm=False):
+    import onnx
+    import onnxslim
+    import torch
+
+    class Linear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(8, 8)
+
+        def forward(self, x):  # [1, 5, 8]
+            if fold_to_rank2:
+                return (x.reshape(5, 8) @ self.proj.weight.T).reshape(1, 5, 8)
+            return self.proj(x) + x
+
+    torch.onnx.export(Linear(), (torch.zeros(1, 5, 8),), str(path), input_names=["x"], output_names=["y"],
+                      opset_version=17, dynamo=False)
+    kwargs = {} if gemm else {"skip_fusion_patterns": ["FusionGemm"]}
+    onnx.save(onnxslim.slim(onnx.load(str(path)), **kwargs), str(path))
+    return path
+
+
+def test_a_gemm_is_rejected_naming_the_node(client, tmp_path):
+    import onnx
+
+    path = _small_onnx(tmp_path / "gemm.onnx", gemm=True)
+    gemm = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Gemm"][0]
+    with pytest.raises(Exception, match=f"UnsupportedOperationError in op {gemm}: Gemm") as err:
+        client.ClientRunner(hw_arch="hailo8l").translate_onnx_model(str(path), "net")
+    assert type(err.value).__name__ == "ParsingWithRecommendationException"
+
+
+def test_a_rank_2_activation_is_rejected(client, tmp_path):
+    path = _small_onnx(tmp_path / "rank2.onnx", fold_to_rank2=True)
+    with pytest.raises(Exception, match="has rank 2; the parser needs 3-D or 4-D tensors"):
+        client.ClientRunner(hw_arch="hailo8l").translate_onnx_model(str(path), "net")
+
+
+def test_layers_are_numbered_per_type_with_their_onnx_nodes(client, tmp_path):
+    path = _small_onnx(tmp_path / "ok.onnx")
+    runner = client.ClientRunner()  # no arguments, as public tutorials create it
+    assert runner.hw_arch == "hailo8"
+    runner.translate_onnx_model(str(path), "tiny-whisper-encoder-10s.v1")  # '-' and '.' as hailo-whisper's stems
+    layers = runner.get_hn()["layers"]
+    net = "tiny-whisper-encoder-10s.v1"
+    assert list(layers) == [f"{net}/input_layer1", f"{net}/conv1", f"{net}/ew_add1", f"{net}/output_layer1"]
+    conv = layers[f"{net}/conv1"]
+    assert conv["type"] == "conv" and conv["original_names"][0].endswith("MatMul")
+    assert any(n.endswith("Add") for n in conv["original_names"][1:])  # the bias add joins the conv
+    assert layers[f"{net}/input_layer1"]["original_names"] == ["x"]
+
+
+def test_our_encoder_layers_follow_the_dfc_naming(client, tiny_export_dir, meta):
+    layers = _parse(client, tiny_export_dir, meta).get_hn()["layers"]
+    net = meta["encoder"]["net_name"]
+    by_type = {}
+    for name, layer in layers.items():
+        by_type.setdefault(layer["type"], []).append(name.split("/")[-1])
+    assert by_type["conv"] == [f"conv{n}" for n in range(1, 2 + 6 * 4 + 1)]  # 2 stem + q,k,v,out,fc1,fc2 x 4
+    assert by_type["reduce_sum_softmax"] == [f"reduce_sum_softmax{n}" for n in range(1, 5)]
+    assert len(by_type["matmul"]) == 8  # scores and weighted values per block
+    assert len(by_type["normalization"]) == 9 + 8  # layer norms + q/k scaling
+    assert layers[f"{net}/conv6"]["original_names"][0] == "/blocks.0/attn/out/MatMul"
+    assert layers[f"{net}/ew_add1"]["original_names"] == ["/Add_2"]  # the positional embedding add
+    assert "Gemm" not in json.dumps(layers)
+
+
+def test_model_zoo_command_forms_are_accepted(client):
+    from hailo_sdk_client import model_script
+
+    commands = model_script.parse(
+        "model_optimization_config(globals, multiproc_policy=disabled)\n"
+        "allocator_param(disable_row_per_cut=True)\n"
+        "compilation_param(conv3, resources_allocation_strategy=manual_scs_selection)\n"
+        "model_optimization_config(calibration, batch_size=1,\n"
+        "                          calibset_size=32)  # wrapped over two lines\n"
+        "performance_param(compiler_optimization_level=max)\n")
+    assert [c[0] for c in commands] == ["model_optimization_config", "allocator_param", "compilation_param",
+                                        "model_optimization_config", "performance_param"]
+    assert commands[3][2] == {"batch_size": "1", "calibset_size": "32"} and commands[3][3] == 4
+    with pytest.raises(model_script.ModelScriptError, match="never closes"):
+        model_script.parse("model_optimization_config(calibration,\n")

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pipeline.errors import ToolchainError, run_cli
-from pipeline.files import atomic_path, sha256_file, write_bytes_atomic, write_text_atomic
+from pipeline.dfc import layer_roles
+from pipeline.files import atomic_path, sha256_file, write_bytes_atomic, write_json_atomic, write_text_atomic
 from pipeline.dfc.inputs import NetworkExport, check_calibration, check_onnx_file, load_calibration
 from pipeline.dfc.model_scripts import ResolvedScript
 from pipeline.layout import har_path
@@ -159,6 +160,11 @@ def _runner(arch: str, har: Optional[Path] = None):
         ) from err
 
 
+def load_hn(arch: str, har: Path) -> dict:
+    """The network description (HN) of a saved HAR."""
+    return _hn(_runner(arch, har))
+
+
 def _hn(runner) -> dict:
     hn = runner.get_hn()
     return json.loads(hn) if isinstance(hn, (str, bytes)) else dict(hn)
@@ -261,14 +267,29 @@ def optimize(har: Path, network: NetworkExport, arch: str, calib_path: Path,
             "HAR that parse wrote.",
             f"Pass {har_path(har.parent, network.net_name, 'parse').name} from parse.",
         )
+    if runner.model_name != network.net_name:
+        raise ToolchainError(
+            f"HAR {har} holds the network {runner.model_name!r}, but export.json's {network.model} is "
+            f"{network.net_name!r}: it was parsed from another export.",
+            "Run parse again from this export directory (or pass the HAR parse wrote for it).")
     hn = _hn(runner)
+    # Layer names first: a name the HAR lacks would fail (or be ignored) after hours of calibration.
+    alls_text, role_table, har_layers = layer_roles.resolve_for_har(
+        script.text, script.profile != "custom", network.model,
+        layer_roles.blocks_of(network.variant, network.model), hn, script.source)
     entries = check_calibration(calib, network, input_layer_shapes(hn), needs.entries, why, Path(calib_path))
     optimized = har_path(out_dir, network.net_name, "optimize")
     _remove_stale([optimized], keep=har)
-    alls_path = write_text_atomic(Path(out_dir) / f"{network.net_name}.alls", script.text)
+    alls_path = write_text_atomic(Path(out_dir) / f"{network.net_name}.alls", alls_text)
+    layers_path = write_json_atomic(Path(out_dir) / f"{network.net_name}.layers.json",
+                                    {"har_layers": har_layers, "roles": role_table})
+    # hailo-whisper passes work_dir= (conversion/convert_whisper_*.py); keep the DFC's temporary
+    # files in the stage's output folder instead of the container's working directory.
+    work_dir = Path(out_dir) / "optimize-work"
+    work_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     _dfc_call("load_model_script", runner.load_model_script, str(alls_path))
-    _dfc_call("optimization (optimize)", runner.optimize, calib)
+    _dfc_call("optimization (optimize)", runner.optimize, calib, work_dir=str(work_dir))
     saved = _save_har(runner, optimized)
     return {
         "dfc_version": version,
@@ -287,6 +308,9 @@ def optimize(har: Path, network: NetworkExport, arch: str, calib_path: Path,
         "model_script": str(alls_path),
         "model_script_sha256": sha256_file(alls_path),
         "noise_analysis": script.noise_analysis,
+        "layer_roles": role_table,
+        "layers_json": str(layers_path),
+        "har_layer_count": len(har_layers),
         "output_layers": output_layer_names(hn),
         "har": saved["path"],
         "har_sha256": saved["sha256"],
@@ -294,9 +318,12 @@ def optimize(har: Path, network: NetworkExport, arch: str, calib_path: Path,
     }
 
 
-def compile_har(har: Path, arch: str, out_dir: Path) -> dict:
+def compile_har(har: Path, arch: str, out_dir: Path, model_script: Optional[Path] = None) -> dict:
     """Optimized HAR -> <out_dir>/<net>.hef (atomic) and <net>_compiled.har.
 
+    `model_script` (the resolved <net>.alls optimize used) is loaded before compile(), as the Model
+    Zoo does (hailo_model_zoo/core/main_utils.py compile_model): its compile-time commands
+    (performance_param, resources_param) need not survive in the HAR.
     A stale .hef from an earlier compile is removed first, so a failed compile leaves none.
     """
     version = check_dfc_version(arch)
@@ -304,6 +331,9 @@ def compile_har(har: Path, arch: str, out_dir: Path) -> dict:
     if not har.is_file():
         raise ToolchainError(f"HAR {har} does not exist.",
                              "Run optimize first (python -m pipeline.dfc.optimize).")
+    if model_script is not None and not Path(model_script).is_file():
+        raise ToolchainError(f"Model script {model_script} does not exist.",
+                             "Pass the <net>.alls that optimize wrote beside the optimized HAR.")
     runner = _runner(arch, har)
     if _state_name(runner.state) not in _COMPILE_FROM:
         raise ToolchainError(
@@ -314,6 +344,8 @@ def compile_har(har: Path, arch: str, out_dir: Path) -> dict:
     hef_path = Path(out_dir) / f"{net_name}.hef"
     _remove_stale([hef_path, har_path(out_dir, net_name, "compile")], keep=har)
     started = time.monotonic()
+    if model_script is not None:
+        _dfc_call("load_model_script", runner.load_model_script, str(model_script))
     hef = _dfc_call("compilation (compile)", runner.compile)
     if not isinstance(hef, (bytes, bytearray)) or not hef:
         raise ToolchainError(f"The DFC's compile() returned {type(hef).__name__}, not HEF bytes.",
@@ -329,6 +361,8 @@ def compile_har(har: Path, arch: str, out_dir: Path) -> dict:
         "hef": str(hef_path),
         "hef_sha256": sha256_file(hef_path),
         "hef_bytes": len(hef),
+        "model_script": str(model_script) if model_script else None,
+        "model_script_sha256": sha256_file(model_script) if model_script else None,
         "compiled_har": saved["path"],
         "compiled_har_sha256": saved["sha256"],
         "dfc_s": round(time.monotonic() - started, 3),

@@ -16,9 +16,10 @@ difference between two of them is a visible table entry. Two profiles:
 reads it so `optimize` can check the calibration set is large enough before the DFC starts (a
 fine-tune that runs out of data fails after hours of statistics collection).
 
-Caveat, known only to a machine with the DFC: the 16-bit layer names (`conv4`, ...) are the names
-the DFC gave hailo-whisper's graphs. Our export follows the same graph changes, but if the DFC
-numbers our layers differently, it rejects or silently skips a name; compare with the HAR's layers.
+The 16-bit layer names in `full_recipe` (`conv4`, ...) are the names the DFC gave hailo-whisper's
+graphs, kept here as the source's facts. Our graph numbers its layers differently (q/k/v are three
+convs, not one), so optimize resolves each name by its role to our HAR's layer before loading the
+script (pipeline/dfc/layer_roles.py) and refuses a script naming a layer the HAR does not have.
 
 About 470 lines: the recipe tables (about 100 lines of data), the .alls reader and the needs it
 derives belong together — the reader checks what the recipes write.

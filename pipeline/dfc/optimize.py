@@ -2,15 +2,19 @@
 
     python -m pipeline.dfc.optimize --har FILE --model encoder|decoder --export-dir DIR --calib FILE
         --arch ARCH (--profile full|quick | --model-script FILE) [--noise-analysis] --out-dir DIR [--log FILE]
-    -> <out-dir>/<net>_optimized.har, <out-dir>/<net>.alls (the script used), <out-dir>/optimize.json
+    -> <out-dir>/<net>_optimized.har, <out-dir>/<net>.alls (the script used, layer names resolved
+       for this HAR), <out-dir>/<net>.layers.json (HAR layers, role table), <out-dir>/optimize.json;
+       the DFC's temporary files go to <out-dir>/optimize-work (optimize(work_dir=...))
 
-Before the DFC starts, the calibration set is checked against the parsed network (NHWC layout,
+Before the DFC starts, every layer the script names is checked against the parsed HAR (a generated
+profile's hailo-whisper names are first resolved by role), the HAR must hold export.json's network,
+and the calibration set is checked against the parsed network (NHWC layout,
 shapes, input layer names) and against the script's needs (calibset_size, fine-tune dataset_size).
 optimize.json: {"dfc_version", "arch", "model", "net_name", "har_in", "har_in_sha256", "calib",
 "calib_sha256", "calib_entries", "calib_needed" {"calibset_size", "finetune_dataset_size"},
 "profile" ("full"|"quick"|"custom"), "model_script_source", "model_script", "model_script_sha256",
-"noise_analysis", "snr_db" {"<net>/output_layerN": dB}, "output_layers", "har", "har_sha256"} plus
-the common fields.
+"noise_analysis", "layer_roles" [{"reference", "role", "layers"}], "layers_json", "har_layer_count",
+"snr_db" {"<net>/output_layerN": dB}, "output_layers", "har", "har_sha256"} plus the common fields.
 Every result JSON also has the fields `pipeline.dfc.client.run_dfc_step` adds: "format", "stage",
 "ok", "started_at", "duration_s", "dfc_s" (inside the DFC), "dfc_is_test_double", "log",
 "timeline", "summary".

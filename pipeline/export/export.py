@@ -5,7 +5,8 @@
 1. Load a transformers `WhisperForConditionalGeneration` from a Hugging Face id (hub cache,
    HF_HOME respected), a local transformers directory or a CTranslate2 (faster-whisper) folder.
 2. Build our Hailo-friendly modules (pipeline/export/whisper_hailo.py) from its weights.
-3. Export both at fixed shapes (opset OPSET), simplify with onnxslim, run onnx.checker.
+3. Export both at fixed shapes (opset OPSET), simplify with onnxslim (without its Gemm fusion),
+   run onnx.checker and the DFC graph rules (pipeline/export/graph_check.py).
 4. Prove they compute what Whisper computes (pipeline/export/parity.py; the stage fails when a
    tolerance is missed): torch vs ONNX Runtime, our encoder/decoder vs transformers', greedy ONNX
    decoding vs transformers' `generate`.
@@ -33,7 +34,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Optional
+from typing import Callable, ClassVar, Mapping, Optional
 
 import numpy as np
 
@@ -249,7 +250,9 @@ def export_onnx(module, example_inputs: tuple, path: Path, input_names: list[str
         # The TorchScript exporter gives plain, stable node names and no dynamic shapes.
         torch.onnx.export(module, example_inputs, str(raw), input_names=input_names, output_names=output_names,
                           opset_version=opset, do_constant_folding=True, dynamo=False)
-    slimmed = onnxslim.slim(onnx.load(str(raw)))
+    # FusionGemm would turn every Linear into Reshape -> Gemm -> Reshape on rank-2 tensors; the
+    # known-good Whisper-on-Hailo graphs keep rank-3 MatMul + Add (pipeline/export/GRAPH_RULES.md).
+    slimmed = onnxslim.slim(onnx.load(str(raw)), skip_fusion_patterns=["FusionGemm"])
     raw.unlink()
     onnx.checker.check_model(slimmed, full_check=True)
     onnx.save(slimmed, str(path))
@@ -286,6 +289,17 @@ def graph_metadata(onnx_model, net_name: str, file_name: str) -> dict:
         "net_input_shapes": {i["name"]: i["shape"] for i in inputs},
         "dfc_input_layers": {f"{net_name}/input_layer{n}": i["name"] for n, i in enumerate(inputs, 1)},
     }
+
+
+def check_exported_graph(onnx_model, graph_meta: Mapping, model: str) -> dict:
+    """Run the DFC graph rules between the graph's parse cut points; raise naming the nodes that break them."""
+    from pipeline.export.graph_check import check_graph, require_conformance
+
+    report = check_graph(onnx_model, graph_meta["start_node_names"], graph_meta["end_node_names"])
+    report.path = graph_meta["onnx"]
+    require_conformance(report, model)
+    return {"ok": True, "op_histogram": report.op_histogram, "activation_ranks": report.activation_ranks,
+            "opset": report.opset, "initializers": report.initializers}
 
 
 # --- tokens -------------------------------------------------------------------------------------
@@ -413,6 +427,9 @@ def export_whisper(config: ExportConfig, *, parity_mel: Optional[np.ndarray] = N
             config.opset)
         meta["encoder"] = {**graph_metadata(encoder_onnx, spec.encoder_net_name, names["encoder"]), "calib_layout": "NHWC"}
         meta["decoder"] = graph_metadata(decoder_onnx, spec.decoder_net_name, names["decoder"])
+        log("checking both graphs against the DFC graph rules")
+        for model, onnx_model in (("encoder", encoder_onnx), ("decoder", decoder_onnx)):
+            meta[model]["graph_check"] = check_exported_graph(onnx_model, meta[model], model)
         del encoder_onnx, decoder_onnx
 
         np.save(work / names["token_embedding"], token_embedding)

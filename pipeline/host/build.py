@@ -231,15 +231,17 @@ class _Builder:
         read_only = [script_path] if script_path else []
         self.stage(f"{model}-optimize", inputs, lambda: self.launch(f"{model}-optimize", tool, config, read_only),
                    lambda: [lay.har(model, net, "optimize"), lay.dfc_result(model, "optimize"),
-                            lay.used_model_script(model, net)],
+                            lay.used_model_script(model, net), lay.dfc_dir(model) / f"{net}.layers.json"],
                    context=self._dfc_context())
 
     def compile(self, model: str, export: dict) -> None:
         lay, tool, arch = self.layout, self.tools["dfc"], self.spec.arch.name
         net = export[model]["net_name"]
-        config = CompileConfig(har=lay.har(model, net, "optimize"), arch=arch, out_dir=lay.dfc_dir(model))
+        # compile loads the resolved script optimize wrote again (pipeline/dfc/compile.py)
+        config = CompileConfig(har=lay.har(model, net, "optimize"), arch=arch, out_dir=lay.dfc_dir(model),
+                               model_script=lay.used_model_script(model, net))
         inputs = StageInputs(
-            files={"optimized_har": config.har},
+            files={"optimized_har": config.har, "model_script": config.model_script},
             params={"arch": arch},
             tool=tool.identity_for(CompileConfig.MODULE),
         )

@@ -182,6 +182,10 @@ def make_manifest(
                 "timeline": {step: dfc_results.get(model, {}).get(step, {}).get("timeline")
                              for step in ("parse", "optimize", "compile")},
                 "model_script": dfc_results.get(model, {}).get("optimize", {}).get("model_script"),
+                "model_script_sha256": dfc_results.get(model, {}).get("optimize", {}).get("model_script_sha256"),
+                # hailo-whisper's layer names -> the role -> our HAR's layers (pipeline/dfc/layer_roles.py)
+                "layer_roles": dfc_results.get(model, {}).get("optimize", {}).get("layer_roles"),
+                "har_layers": dfc_results.get(model, {}).get("optimize", {}).get("layers_json"),
             }
             for model in MODELS
         },

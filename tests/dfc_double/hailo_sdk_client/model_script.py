@@ -34,6 +34,21 @@ def _float_in(lo, hi):
 
 _POSITIVE = _int_in(1, 10**9)
 
+
+class _AnyKey(dict):
+    """A keyword table that takes every key with any value."""
+
+    def __contains__(self, key):
+        return True
+
+    def __getitem__(self, key):
+        return _ANY
+
+
+_ANY_KEY = _AnyKey()
+_LAYER_OR_NOTHING = "layer-or-nothing"
+COMPILE_COMMANDS = {"performance_param", "resources_param", "allocator_param", "compilation_param"}
+
 # command -> (allowed first positional arguments or None for "a layer name/glob", {keyword: check})
 COMMANDS = {
     "model_optimization_flavor": ((), {
@@ -42,6 +57,7 @@ COMMANDS = {
         "batch_size": _POSITIVE,
     }),
     "model_optimization_config": ({"calibration", "checker_cfg", "globals", "compression_params"}, {
+        "multiproc_policy": {"allowed", "disabled", "enabled"},  # Model Zoo cfg/alls/generic/tinyclip_*
         "batch_size": _POSITIVE,
         "calibset_size": _POSITIVE,
         "policy": _POLICY,
@@ -83,6 +99,10 @@ COMMANDS = {
         "compiler_optimization_level": {"0", "1", "2", "max"},
         "fps": _POSITIVE,
     }),
+    # Model Zoo scripts: allocator_param(disable_row_per_cut=True) (cfg/alls/base/vit_base.alls);
+    # compilation_param(<layer>, key=value). Their keys are many; any key is accepted.
+    "allocator_param": ((), _ANY_KEY),
+    "compilation_param": (_LAYER_OR_NOTHING, _ANY_KEY),
     "resources_param": ((), {
         key: _float_in(0.0, 1.0) for key in (
             "max_utilization", "max_control_utilization", "max_compute_utilization",
@@ -112,13 +132,29 @@ def _split(text):
     return [p for p in parts]
 
 
-def parse(text):
-    """[(name, args, kwargs, line_number)] of a script text; raises ModelScriptError."""
-    commands = []
+def _logical_lines(text):
+    """(first line number, command) pairs: comments dropped, a command whose parentheses are still
+    open at the end of a line continues on the next (Model Zoo scripts wrap long commands)."""
+    pending, first = "", 0
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
+        if not pending:
+            first = number
+        pending = f"{pending} {line}".strip()
+        if pending.count("(") > pending.count(")"):
+            continue
+        yield first, pending
+        pending = ""
+    if pending:
+        raise ModelScriptError(f"line {first}: command never closes its parenthesis: {pending!r}")
+
+
+def parse(text):
+    """[(name, args, kwargs, line_number)] of a script text; raises ModelScriptError."""
+    commands = []
+    for number, line in _logical_lines(text):
         match = re.fullmatch(r"(?:[\w/,\s.\-]+=\s*)?([A-Za-z_]\w*)\((.*)\)", line)
         if not match:
             raise ModelScriptError(f"line {number}: cannot parse {line!r}")
@@ -142,7 +178,10 @@ def parse(text):
                 kwargs[key] = value
             else:
                 args.append(part)
-        if firsts is None:
+        if firsts == _LAYER_OR_NOTHING:
+            if args and not _LAYER.match(args[0]):
+                raise ModelScriptError(f"line {number}: {name} takes a layer name or {{glob}} first")
+        elif firsts is None:
             if not args or not _LAYER.match(args[0]):
                 raise ModelScriptError(f"line {number}: {name} needs a layer name or {{glob}} first")
         elif firsts:

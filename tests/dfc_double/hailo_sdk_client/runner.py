@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from hailo_sdk_client import model_script
+from hailo_sdk_client import model_script, naming
 from hailo_sdk_client.exposed_definitions import States
 
 NOT_DEPLOYABLE = "NOT DEPLOYABLE - written by the DFC test double (tests/dfc_double), not the Hailo DFC"
@@ -29,6 +29,7 @@ HEF_MAGIC = b"DFC-TEST-DOUBLE-HEF-PLACEHOLDER NOT DEPLOYABLE\n"
 _ARCHS = {3: {"hailo8", "hailo8l", "hailo8r", "hailo15h", "hailo15m"},
           5: {"hailo10h", "hailo15h", "hailo15m", "hailo15l"}}
 # Layers one context holds in the double's pretend partitioner (Hailo-8L has fewer resources).
+_DEFAULT_ARCH = {3: "hailo8", 5: "hailo10h"}
 _LAYERS_PER_CONTEXT = {"hailo8l": 24, "hailo8": 48, "hailo8r": 48}
 _DEFAULT_LAYERS_PER_CONTEXT = 64
 
@@ -121,7 +122,9 @@ class ClientRunner:
             if hw_arch is not None and hw_arch != self.hw_arch:
                 raise DoubleError(f"HAR {har} was made for {self.hw_arch}, not {hw_arch}")
         if self.hw_arch is None:
-            raise DoubleError("hw_arch is required when no HAR is given")
+            # ClientRunner() with no arguments works (public tutorials create it so); the default
+            # architecture per DFC major is an assumption.
+            self.hw_arch = _DEFAULT_ARCH.get(major, "hailo8")
         if self.hw_arch not in _ARCHS.get(major, set()):
             raise DoubleError(f"DFC {self._version} does not support hw_arch={self.hw_arch!r} "
                               f"(supported: {sorted(_ARCHS.get(major, set()))})")
@@ -155,8 +158,9 @@ class ClientRunner:
             raise DoubleError(f"translate_onnx_model needs a fresh runner (state is {self._state})")
         if not isinstance(model, (str, os.PathLike)):
             raise DoubleError(f"model must be an ONNX file path, got {type(model).__name__}")
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", net_name or ""):
-            raise DoubleError(f"net_name {net_name!r} must be letters, digits and underscores")
+        # hailo-whisper passes the ONNX file stem (tiny-whisper-encoder-10s, tiny.en-whisper-...).
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", net_name or ""):
+            raise DoubleError(f"net_name {net_name!r} must be letters, digits, '_', '-' and '.'")
         started = time.monotonic()
         _info(f"Translation started on ONNX model {net_name}")
         _chaos("parse")
@@ -237,15 +241,16 @@ class ClientRunner:
                     raise DoubleError(
                         f"The network between start nodes {start} and end nodes {end} also "
                         f"depends on graph input {tensor!r}, which is not a start node")
+        onnx_order = {n.name: i for i, n in enumerate(graph.node)}
+        kept.sort(key=lambda n: onnx_order[n.name])
+        activations = set(start_tensors) | {t for n in start_nodes for t in nodes_by_name[n].input}
+        for node in kept:
+            if node.name in start_nodes or any(t in activations for t in node.input):
+                activations.update(node.output)
+        constants = set(initializers) | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+        ranks = {name: len(shape) for name, shape in inferred.items() if shape}
         layers = dict(input_layers)
-        counters = {}
-        aliases = {"Conv": "conv", "MatMul": "matmul", "Gemm": "conv", "Add": "ew_add",
-                   "Mul": "ew_mult", "Softmax": "softmax", "LayerNormalization": "normalization"}
-        for node in reversed(kept):
-            base = aliases.get(node.op_type, node.op_type.lower())
-            counters[base] = counters.get(base, 0) + 1
-            layers[f"{net_name}/{base}{counters[base]}"] = {
-                "type": base, "original_names": [node.name]}
+        layers.update(naming.build_layers(kept, net_name, start_nodes, constants, ranks, activations))
         for index, name in enumerate(end, start=1):
             out = nodes_by_name[name].output[0]
             layers[f"{net_name}/output_layer{index}"] = {
@@ -361,8 +366,7 @@ class ClientRunner:
             for layer, value in snr.items():
                 _info(f"\t{layer} SNR:\t{value:.3f} dB")
         _info("Model Optimization is done")
-        self._record.update(calibration_entries=entries, statistics=stats, snr_db=snr,
-                            model_script=self._script)
+        self._record.update(calibration_entries=entries, statistics=stats, snr_db=snr)
         self._state = States.QUANTIZED_MODEL
 
     def _pretend_snr(self, data, stats):
@@ -402,7 +406,11 @@ class ClientRunner:
             _info(f"Partitioner finished after 1 iterations, Time it took: 0s "
                   f"{int((time.monotonic() - started) * 1000)}ms")
             _info(f"Applying selected partition to {contexts} contexts...")
+        compile_commands = [f"{name}({', '.join(list(args) + [f'{k}={v}' for k, v in kwargs.items()])})"
+                            for name, args, kwargs, _ in self._commands if name in model_script.COMPILE_COMMANDS]
+        _info(f"Compile-time model script commands: {compile_commands or 'none loaded'}")
         header = {"note": NOT_DEPLOYABLE, "net_name": self.model_name, "hw_arch": self.hw_arch,
+                  "compile_commands": compile_commands,
                   "dfc_version": self._version, "contexts": contexts,
                   "hn_sha256": hashlib.sha256(json.dumps(self._hn, sort_keys=True).encode()).hexdigest()}
         self._state = States.COMPILED_MODEL
@@ -415,8 +423,9 @@ class ClientRunner:
             raise DoubleError("nothing to save: no model")
         _chaos("save_har")
         state = {"format": HAR_FORMAT, "note": NOT_DEPLOYABLE, "dfc_version": self._version,
-                 "hw_arch": self.hw_arch, "state": self._state.value, "model_script": self._script,
-                 "record": self._record}
+                 "hw_arch": self.hw_arch, "state": self._state.value, "record": self._record}
+        # The model script is NOT saved: the Model Zoo loads it again before compile()
+        # (hailo_model_zoo/core/main_utils.py compile_model), so the double makes forgetting that visible.
         with tarfile.open(os.fspath(har_path), "w") as tar:
             for name, payload in (("NOT_DEPLOYABLE.txt", NOT_DEPLOYABLE + "\n"),
                                   (f"{self.model_name}.hn", json.dumps(self._hn, indent=1)),
@@ -443,6 +452,5 @@ class ClientRunner:
             raise DoubleError(f"{path} was saved by DFC {state['dfc_version']}; this is {self._version}")
         self._hn, self.hw_arch = hn, state["hw_arch"]
         self._state = States(state["state"])
-        self._script = state.get("model_script", "")
-        self._commands = model_script.parse(self._script) if self._script else []
+        self._script, self._commands = "", []
         self._record = state.get("record", {})
