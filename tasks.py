@@ -357,6 +357,8 @@ DOUBLE_FAULT_VARIABLES = ("HAILO_DOUBLE_FAIL_AT", "HAILO_DOUBLE_HANG_AT")
         "calib_download": "download LibriSpeech dev-clean into <out>/calib/download instead of --calib",
         "calib_size": "calibration entries (default: what the model scripts need)",
         "profile": "model-script profile: full (reference quality, hours) or quick (minutes, lower accuracy)",
+        "decoder": "where the decoder runs: hailo (a decoder HEF, default) or cpu (the export's cached decoder "
+                   "ONNX on the host, float and int8; no decoder calibration/parse/optimize/compile)",
         "model_script": "your own .alls for both models, or a folder with encoder.alls and decoder.alls",
         "cpu": "run the DFC stages on the CPU on purpose (fine-tuning takes hours)",
         "allow_gpu": "use a GPU the gate does not know to work (or refuses), with a loud warning",
@@ -377,10 +379,10 @@ DOUBLE_FAULT_VARIABLES = ("HAILO_DOUBLE_FAIL_AT", "HAILO_DOUBLE_HANG_AT")
 )
 @_friendly_errors
 def build(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, seconds=None, seq_len=None, model=None, calib=None,
-          calib_download=False, calib_size=None, profile="full", model_script=None, cpu=False,
+          calib_download=False, calib_size=None, profile="full", decoder="hailo", model_script=None, cpu=False,
           allow_gpu=False, no_docker=False, out=None, force=None, vendor="vendor", base_image=None,
           wheelhouse=None, stall_limit=None, min_free_gb=None, min_memory_gb=None, verbose=False):
-    """Build encoder and decoder HEFs end to end (resumable; reruns only what changed)."""
+    """Build the encoder HEF and the decoder (HEF, or ONNX for the host CPU) end to end (resumable; reruns only what changed)."""
     import os
     from pipeline.host.build import BuildOptions, run_build
     from pipeline.host.build_options import parse_number, parse_stall_limits
@@ -400,6 +402,7 @@ def build(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, seconds=None, seq_len=N
         calib_download=calib_download,
         calib_size=parse_number("--calib-size", calib_size, int) if calib_size is not None else None,
         profile=profile,
+        decoder=decoder,
         model_script=Path(model_script) if model_script else None,
         cpu=cpu,
         allow_gpu=allow_gpu,

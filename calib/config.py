@@ -90,6 +90,8 @@ class DecoderSetConfig:
     size: Optional[int] = None  # use the first `size` entries (None: all)
     workers: Optional[int] = None  # concurrent samples (None: every available core)
     progress: bool = True
+    token_decoder: str = "cached"  # "cached": the export's KV-cache decoder, batched; "fixed": the Hailo decoder ONNX
+    chunk: Optional[int] = None  # samples decoded as one batch (None: calib.decoder_set.CHUNK_PER_WORKER x workers)
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,18 +102,24 @@ class DecoderSetConfig:
         parser.add_argument("--size", type=int, default=None, help="use the first N entries (default: all)")
         parser.add_argument("--workers", type=int, default=None,
                             help="samples decoded concurrently (default: all cores)")
+        parser.add_argument("--token-decoder", choices=("cached", "fixed"), default="cached",
+                            help="greedy tokens from the export's KV-cache decoder, batched (default), or from the "
+                                 "fixed-length Hailo decoder ONNX, one run per token (same tokens, several times slower)")
+        parser.add_argument("--chunk", type=int, default=None, help="samples decoded as one batch (default: 16 per worker)")
         parser.add_argument("--no-progress", action="store_true")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "DecoderSetConfig":
         return cls(encoder_set=args.encoder_set, export_dir=args.export_dir, out=args.out, size=args.size,
-                   workers=args.workers, progress=not args.no_progress)
+                   workers=args.workers, progress=not args.no_progress, token_decoder=args.token_decoder,
+                   chunk=args.chunk)
 
     def to_argv(self) -> list[str]:
         argv = [self.COMMAND, "--encoder-set", str(self.encoder_set), "--export-dir", str(self.export_dir),
                 "--out", str(self.out)]
         return (argv + _optional("--size", self.size) + _optional("--workers", self.workers)
-                + ([] if self.progress else ["--no-progress"]))
+                + (["--token-decoder", self.token_decoder] if self.token_decoder != "cached" else [])
+                + _optional("--chunk", self.chunk) + ([] if self.progress else ["--no-progress"]))
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,14 @@ DEFAULT_ARCH = "hailo8l"
 # (pipeline/dfc/model_scripts.py: full = hailo-whisper's settings, quick = minutes on a CPU).
 MODELS = ("encoder", "decoder")
 PROFILES = ("full", "quick")
+# Where the decoder runs: "hailo" (its HEF, like the encoder) or "cpu" (the export's cached
+# KV-cache decoder ONNX on the host: no decoder calibration, parse, optimize or compile).
+DECODER_TARGETS = ("hailo", "cpu")
+
+
+def dfc_models(decoder: str) -> tuple[str, ...]:
+    """The networks the DFC converts when the decoder runs on `decoder` ("hailo" or "cpu")."""
+    return MODELS if decoder == "hailo" else ("encoder",)
 # Libraries the export stage records in export.json (the manifest looks them up natively when not).
 EXPORT_LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "onnxslim", "numpy")
 

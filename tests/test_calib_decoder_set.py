@@ -1,6 +1,7 @@
 """calib/decoder_set.py with a real export (shared tiny_export_dir: random-init tiny, 1 s, seq_len 8) and ONNX Runtime."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -80,18 +81,46 @@ def test_same_bytes_whatever_the_worker_count_and_size_takes_the_first_entries(e
         np.testing.assert_array_equal(c[key], a[key][:3])
 
 
-def test_a_failure_mid_write_leaves_no_output_and_no_partial(encoder_set, export_dir, tmp_path, monkeypatch):
-    real, calls = onnx_greedy.greedy_decode, []
+def test_cached_and_fixed_token_decoders_write_the_same_bytes(encoder_set, export_dir, tmp_path):
+    fixed, cached = tmp_path / "fixed.npz", tmp_path / "cached.npz"
+    build_decoder_set(_config(encoder_set, export_dir, fixed, token_decoder="fixed"))
+    result = build_decoder_set(_config(encoder_set, export_dir, cached, token_decoder="cached", chunk=4))
+    assert fixed.read_bytes() == cached.read_bytes()
+    fixed_manifest = json.loads((tmp_path / "fixed.manifest.json").read_text())
+    assert result.manifest["tokens_sha256"] == fixed_manifest["tokens_sha256"]
+    assert (result.manifest["token_decoder"], fixed_manifest["token_decoder"]) == ("cached", "fixed")
+
+
+def test_an_export_without_a_cached_decoder_says_to_rerun_the_export(encoder_set, export_dir, tmp_path):
+    old = tmp_path / "old-export"
+    shutil.copytree(export_dir, old)
+    meta = json.loads((old / "export.json").read_text())
+    del meta["cached_decoder"]
+    (old / "export.json").write_text(json.dumps(meta))
+    with pytest.raises(ToolchainError, match=r"has no cached \(KV-cache\) decoder: it was made by an older version.*"
+                                             r"Run the export stage again"):
+        build_decoder_set(_config(encoder_set, old, tmp_path / "d.npz"))
+    assert not (tmp_path / "d.npz").exists()
+    build_decoder_set(_config(encoder_set, old, tmp_path / "d.npz", token_decoder="fixed"))  # the old path still works
+
+
+@pytest.mark.parametrize("token_decoder", ["cached", "fixed"])
+def test_a_failure_mid_write_leaves_no_output_and_no_partial(encoder_set, export_dir, tmp_path, monkeypatch,
+                                                             token_decoder):
+    target = (decoder_set.cached_greedy, "transcribe_tokens") if token_decoder == "cached" else \
+        (decoder_set.onnx_greedy, "greedy_decode")
+    real, calls = getattr(*target), []
 
     def failing(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 2:
             raise RuntimeError("onnxruntime failed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(decoder_set.onnx_greedy, "greedy_decode", failing)
+    monkeypatch.setattr(*target, failing)
     with pytest.raises(RuntimeError, match="onnxruntime failed"):
-        build_decoder_set(_config(encoder_set, export_dir, tmp_path / "d.npz", workers=1))
+        build_decoder_set(_config(encoder_set, export_dir, tmp_path / "d.npz", workers=1, chunk=2,
+                                  token_decoder=token_decoder))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -23,7 +23,6 @@ follows top to bottom; parity (the largest separable part) lives in pipeline/exp
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import re
@@ -31,14 +30,14 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Mapping, Optional
 
 import numpy as np
 
-from pipeline.export import ct2
+from pipeline.export import cached_export, ct2, onnx_greedy
+from pipeline.export.reference import export_onnx, hf_reference_model
 from pipeline.errors import ToolchainError, run_cli
 from pipeline.export.meta import EXPORT_FORMAT, EXPORT_JSON
 from pipeline.export.parity import ParityInputs, ParityTolerances, check_parity, measure_onnx_parity, measure_torch_parity
@@ -214,49 +213,7 @@ def build_hailo_modules(model, spec: BuildSpec):
             HailoWhisperDecoder.from_hf(model, spec.seq_len, DECODER_VOCAB_SPLITS))
 
 
-def hf_reference_model(model, positions: int):
-    """transformers Whisper with max_source_positions = positions and the (cut) same weights.
-
-    transformers' encoder requires exactly 2 * max_source_positions input frames, so this is
-    the reference our shortened encoder must match.
-    """
-    import torch
-    from transformers import WhisperForConditionalGeneration
-
-    config = copy.deepcopy(model.config)
-    config.max_source_positions = positions
-    state = dict(model.state_dict())
-    state["model.encoder.embed_positions.weight"] = state["model.encoder.embed_positions.weight"][:positions]
-    with torch.device("meta"):
-        reference = WhisperForConditionalGeneration(config)
-    reference.load_state_dict(state, strict=True, assign=True)
-    reference.tie_weights()
-    reference.generation_config = copy.deepcopy(model.generation_config)
-    return reference.eval()
-
-
 # --- ONNX ---------------------------------------------------------------------------------------
-
-
-def export_onnx(module, example_inputs: tuple, path: Path, input_names: list[str], output_names: list[str], opset: int):
-    """torch.onnx.export at fixed shapes, onnxslim, onnx.checker; returns the ModelProto written to `path`."""
-    import onnx
-    import onnxslim
-    import torch
-
-    raw = path.with_suffix(".raw.onnx")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        # The TorchScript exporter gives plain, stable node names and no dynamic shapes.
-        torch.onnx.export(module, example_inputs, str(raw), input_names=input_names, output_names=output_names,
-                          opset_version=opset, do_constant_folding=True, dynamo=False)
-    # FusionGemm would turn every Linear into Reshape -> Gemm -> Reshape on rank-2 tensors; the
-    # known-good Whisper-on-Hailo graphs keep rank-3 MatMul + Add (pipeline/export/GRAPH_RULES.md).
-    slimmed = onnxslim.slim(onnx.load(str(raw)), skip_fusion_patterns=["FusionGemm"])
-    raw.unlink()
-    onnx.checker.check_model(slimmed, full_check=True)
-    onnx.save(slimmed, str(path))
-    return slimmed
 
 
 def _producers(graph, names: list[str]) -> list[str]:
@@ -442,12 +399,24 @@ def export_whisper(config: ExportConfig, *, parity_mel: Optional[np.ndarray] = N
         figures.update(measure_onnx_parity(reference, work, meta, inputs, ours, token_embedding,
                                            positional_embedding, parity_mel, config.tolerances.logits))
         check_parity(figures, config.tolerances)
+
+        cached_names = cached_export.file_names(spec.decoder_net_name, spec.seconds_tag)
+        meta["cached_decoder"] = cached_export.export_cached_decoder(loaded.model, cached_names, work,
+                                                                     spec.encoder_positions, config.opset, log)
+        log("checking parity of the cached decoder (ONNX Runtime, float and int8, vs transformers)")
+        greedy_mel = inputs.mel if parity_mel is None else onnx_greedy.as_encoder_input(parity_mel, spec.frames)[:, :, 0, :]
+        greedy_states = onnx_greedy.encode(onnx_greedy.load_sessions(work, meta)[0], meta, greedy_mel)
+        figures.update(cached_export.measure_cached_parity(reference, work, meta, inputs.tokens, ours["hf_states"],
+                                                           greedy_states, greedy_mel, config.tolerances.logits))
+        check_parity(figures, config.tolerances)
         meta["parity"] = {**figures, "tolerances": asdict(config.tolerances)}
         log("parity: " + ", ".join(f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}"
-                                   for k, v in figures.items() if k != "greedy_tokens"))
+                                   for k, v in figures.items() if k not in ("greedy_tokens", "cached_greedy_tokens")))
 
         written = [names["encoder"], names["decoder"], names["token_embedding"], names["positional_embedding"],
-                   *meta["host_assets"]["tokenizer_files"]]
+                   *meta["host_assets"]["tokenizer_files"],
+                   *(name for precision in cached_export.PRECISIONS for name in cached_names[precision].values()),
+                   cached_names["encoder_padding"]]
         meta["files"] = {name: sha256_file(work / name) for name in written}
         for name in written:
             os.replace(work / name, out_dir / name)

@@ -37,3 +37,17 @@ def read_export_json(export_dir: str | os.PathLike) -> dict:
             "Run the export stage again with this version of the toolchain.",
         )
     return meta
+
+
+def cached_decoder_meta(meta: dict, export_dir: str | os.PathLike) -> dict:
+    """export.json's "cached_decoder" entry (the host's KV-cache decoder, pipeline/export/cached_export.py);
+    a ToolchainError says to rerun the export when the export predates it."""
+    cached = meta.get("cached_decoder")
+    if not isinstance(cached, dict):
+        raise ToolchainError(
+            f"The export in {export_dir} has no cached (KV-cache) decoder: it was made by an older version "
+            "of the toolchain.",
+            "Run the export stage again (`invoke build` does it by itself; or `invoke export` / "
+            "`python -m pipeline.export.export`).",
+        )
+    return cached

@@ -60,6 +60,8 @@ def check_parity(figures: Mapping[str, float], tolerances: ParityTolerances) -> 
         "decoder_torch_vs_onnx": tolerances.logits,
         "decoder_vs_hf": tolerances.logits,
         "greedy_token_mismatches": 0,
+        "cached_decoder_vs_hf": tolerances.logits,  # pipeline/export/cached_export.py
+        "cached_greedy_token_mismatches": 0,
     }
     failed = [k for k, limit in limits.items() if k in figures and not figures[k] <= limit]
     if failed:
@@ -71,7 +73,7 @@ def check_parity(figures: Mapping[str, float], tolerances: ParityTolerances) -> 
         )
 
 
-def _max_abs(a, b) -> float:
+def max_abs(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
 
 
@@ -108,7 +110,7 @@ def measure_torch_parity(reference, encoder, decoder, inputs: ParityInputs) -> t
         ours_logits = np.concatenate([t.numpy() for t in parts], -1)
         hf_logits = reference(encoder_outputs=(torch.from_numpy(hf_states),),
                               decoder_input_ids=torch.from_numpy(inputs.tokens)).logits.numpy()
-    figures = {"encoder_vs_hf": _max_abs(ours_states, hf_states), "decoder_vs_hf": _max_abs(ours_logits, hf_logits)}
+    figures = {"encoder_vs_hf": max_abs(ours_states, hf_states), "decoder_vs_hf": max_abs(ours_logits, hf_logits)}
     return figures, {"encoder_states": ours_states, "hf_states": hf_states, "logits": ours_logits}
 
 
@@ -131,8 +133,8 @@ def measure_onnx_parity(reference, work: Path, meta: dict, inputs: ParityInputs,
     onnx_logits = np.concatenate(decoder_session.run(
         [o["name"] for o in meta["decoder"]["outputs"]],
         {decoder_inputs[0]: ours["hf_states"], decoder_inputs[1]: inputs.embedded}), -1)
-    figures = {"encoder_torch_vs_onnx": _max_abs(ours["encoder_states"], onnx_states),
-               "decoder_torch_vs_onnx": _max_abs(ours["logits"], onnx_logits)}
+    figures = {"encoder_torch_vs_onnx": max_abs(ours["encoder_states"], onnx_states),
+               "decoder_torch_vs_onnx": max_abs(ours["logits"], onnx_logits)}
 
     mel = inputs.mel if parity_mel is None else onnx_greedy.as_encoder_input(parity_mel, meta["frames"])[:, :, 0, :]
     rows = onnx_greedy.greedy_decode(encoder_session, decoder_session, meta, token_embedding, positional_embedding, mel)
@@ -144,7 +146,7 @@ def measure_onnx_parity(reference, work: Path, meta: dict, inputs: ParityInputs,
     states = onnx_greedy.encode(encoder_session, meta, mel)
     end = meta["tokens"]["end_of_text"]
     for our_row, hf_row, sample_states in zip(rows, hf_rows, states):
-        our_tokens, hf_tokens = onnx_greedy.generated_tokens(our_row, meta), _hf_generated(hf_row, meta)
+        our_tokens, hf_tokens = onnx_greedy.generated_tokens(our_row, meta), hf_generated_tokens(hf_row, meta)
         greedy.append(our_tokens)
         diverged = next((i for i, (a, b) in enumerate(zip(our_tokens + [end], hf_tokens + [end])) if a != b), None)
         if diverged is None:
@@ -168,7 +170,7 @@ def measure_onnx_parity(reference, work: Path, meta: dict, inputs: ParityInputs,
     return figures
 
 
-def _hf_generated(row, meta) -> list[int]:
+def hf_generated_tokens(row, meta) -> list[int]:
     """transformers 5.x returns the generated tokens without the prompt; 4.x included it."""
     row = [int(t) for t in row]
     prompt = meta["tokens"]["prompt"]

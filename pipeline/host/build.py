@@ -5,6 +5,10 @@ up to date.
     export -> encoder calib -> decoder calib -> parse -> optimize -> compile (encoder, decoder)
     -> bundle -> report
 
+With `decoder="cpu"` the decoder's calibration, parse, optimize and compile do not run: the
+bundle carries the export's cached decoder ONNX (float and int8) for the host instead of a
+decoder HEF.
+
 Export, calibration and the DFC stages run through the stage launcher (`pipeline.host.launcher`): in
 the `export` image and the DFC image the wheel picks (`dfc-cuda11`/`dfc-cuda12`), or natively with
 `no_docker`. Host paths are
@@ -34,7 +38,7 @@ from calib.config import DecoderSetConfig, DownloadConfig, EncoderSetConfig
 from pipeline.dfc.compile import CompileConfig
 from pipeline.dfc.optimize import OptimizeConfig
 from pipeline.dfc.parse import ParseConfig
-from pipeline.errors import filesystem_errors
+from pipeline.errors import ToolchainError, filesystem_errors
 from pipeline.export.export import ExportConfig
 from pipeline.export.meta import read_export_json
 from pipeline.files import remove_partial_files
@@ -65,10 +69,10 @@ def export_files(layout: Layout) -> dict[str, Path]:
     return {f"export/{p.name}": p for p in export_outputs(layout)}
 
 
-def dfc_results(layout: Layout) -> dict:
+def dfc_results(layout: Layout, models: Sequence[str] = MODELS) -> dict:
     """{model: {"parse": {...}, "optimize": {...}, "compile": {...}}} from the stage JSONs ({} when missing)."""
     results = {}
-    for model in MODELS:
+    for model in models:
         results[model] = {}
         for step in ("parse", "optimize", "compile"):
             try:
@@ -78,8 +82,16 @@ def dfc_results(layout: Layout) -> dict:
     return results
 
 
-def hef_paths(layout: Layout, export: Mapping) -> dict[str, Path]:
-    return {m: layout.hef(m, export[m]["net_name"]) for m in MODELS}
+def hef_paths(layout: Layout, export: Mapping, models: Sequence[str] = MODELS) -> dict[str, Path]:
+    return {m: layout.hef(m, export[m]["net_name"]) for m in models}
+
+
+def predates_cached_decoder(layout: Layout) -> bool:
+    """True for a finished export made before the cached decoder existed (export.json has no entry)."""
+    try:
+        return "cached_decoder" not in read_export_json(layout.export_dir)
+    except ToolchainError:  # no finished export: nothing to say, the stage runs anyway
+        return False
 
 
 # --- running the stages -------------------------------------------------------------------------
@@ -143,6 +155,10 @@ class _Builder:
             files = {f"model/{p.relative_to(model_path)}": p for p in files_under(model_path)}
             read_only = [model_path.absolute()]
         config = ExportConfig(spec=spec, out_dir=lay.export_dir, model=model)
+        if predates_cached_decoder(lay):
+            self.ui.warn(f"The export in {lay.export_dir} was made before the cached (KV-cache) decoder existed: "
+                         "export.json has no cached_decoder entry. Running the export again.")
+            self.cache.invalidate(["export"])
         inputs = StageInputs(
             files=files,
             params={"variant": spec.variant.name, "model": model if not files else "local folder",
@@ -251,12 +267,13 @@ class _Builder:
 
     def bundle(self, export: dict, rehearsal: bool) -> None:
         lay = self.layout
-        results = dfc_results(lay)
+        results = dfc_results(lay, self.options.dfc_models)
         dfc_version = dfc_version_of(results, self.pre.wheel_version, self.tools["dfc"].identity.get("dfc_version"))
-        hefs = hef_paths(lay, export)
+        hefs = hef_paths(lay, export, self.options.dfc_models)
         inputs = StageInputs(
             files={**{f"{m}.hef": p for m, p in hefs.items()}, **export_files(lay)},
-            params={"format": BUNDLE_FORMAT, "variant": self.spec.variant.name, "arch": self.spec.arch.name,
+            params={"format": BUNDLE_FORMAT, "decoder": self.options.decoder,
+                    "variant": self.spec.variant.name, "arch": self.spec.arch.name,
                     "seconds": self.spec.seconds, "seq_len": self.spec.seq_len, "dfc_version": dfc_version,
                     "rehearsal": rehearsal},
             tool={"code": code_fingerprint(["pipeline.host.bundle"])},
@@ -264,23 +281,24 @@ class _Builder:
         self.stage(
             "bundle", inputs,
             lambda: make_bundle(lay.bundle_dir, spec=self.spec, export=export, export_dir=lay.export_dir,
-                                hefs=hefs, dfc_version=dfc_version, rehearsal=rehearsal),
-            lambda: bundle_files(lay.bundle_dir, export),
+                                hefs=hefs, dfc_version=dfc_version, rehearsal=rehearsal, decoder=self.options.decoder),
+            lambda: bundle_files(lay.bundle_dir, export, self.options.decoder),
         )
 
     def report(self, export: dict, rehearsal: bool, build_warnings: Sequence[str]) -> None:
         lay = self.layout
         inputs = StageInputs(
-            params={"rehearsal": rehearsal, "gpu": dict(self.pre.gpu), "warnings": list(build_warnings)},
+            params={"rehearsal": rehearsal, "gpu": dict(self.pre.gpu), "warnings": list(build_warnings),
+                    "decoder": self.options.decoder},
             tool={"code": code_fingerprint(["pipeline.host.manifest"])},
         )
 
         def run() -> None:
             manifest = make_manifest(
                 build_dir=lay.root, spec=self.spec, options=self.options, export=export,
-                dfc_results=dfc_results(lay), records={s: self.cache.load(s) for s in STAGE_ORDER},
+                dfc_results=dfc_results(lay, self.options.dfc_models), records={s: self.cache.load(s) for s in STAGE_ORDER},
                 tools={k: t.to_json() for k, t in self.tools.items()}, gpu=self.pre.gpu,
-                hefs=hef_paths(lay, export), rehearsal=rehearsal, warnings=build_warnings,
+                hefs=hef_paths(lay, export, self.options.dfc_models), rehearsal=rehearsal, warnings=build_warnings,
                 repo_root=REPO_ROOT,
             )
             write_report(manifest, lay.manifest, lay.report)
@@ -331,14 +349,16 @@ def _run_build(options: BuildOptions, console, doctor_probes) -> BuildResult:
 
         export = builder.export()
         builder.encoder_calib()
-        builder.decoder_calib()
-        for model in MODELS:
+        models = options.dfc_models  # without the decoder when it runs on the host CPU
+        if "decoder" in models:
+            builder.decoder_calib()
+        for model in models:
             builder.parse(model, export)
-        for model in MODELS:
+        for model in models:
             builder.optimize(model, export)
-        for model in MODELS:
+        for model in models:
             builder.compile(model, export)
-        results = dfc_results(layout)
+        results = dfc_results(layout, models)
         rehearsal = is_rehearsal(results, pre.wheel_is_test_double, tools["dfc"].identity.get("dfc_version"))
         build_warnings = list(pre.warnings) + quality_warnings(export, results)
         builder.bundle(export, rehearsal)

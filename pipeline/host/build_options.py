@@ -12,7 +12,7 @@ from pipeline.errors import ToolchainError
 from pipeline.host.doctor import MIN_AVAILABLE_MEMORY_GIB, MIN_FREE_DISK_GIB
 from pipeline.host.stage_cache import STAGE_ORDER, StageRecord, resolve_force
 from pipeline.host.watchdog import MINUTE, STALL_LIMITS_S
-from pipeline.tables import DEFAULT_ARCH, DEFAULT_VARIANT, PROFILES, BuildSpec, resolve_spec
+from pipeline.tables import DECODER_TARGETS, DEFAULT_ARCH, DEFAULT_VARIANT, PROFILES, BuildSpec, dfc_models, resolve_spec
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class BuildOptions:
     calib_download: bool = False  # fetch LibriSpeech dev-clean into <build>/calib/download
     calib_size: Optional[int] = None  # None: what the model scripts need
     profile: str = "full"
+    decoder: str = "hailo"  # "hailo": decoder HEF; "cpu": the export's cached decoder ONNX runs on the host
     model_script: Optional[Path] = None  # an .alls for both models, or a folder with encoder.alls/decoder.alls
     cpu: bool = False
     allow_gpu: bool = False
@@ -74,10 +75,25 @@ class BuildOptions:
             raise ToolchainError(f"Calibration size {self.calib_size} is not positive.", "Pass a size >= 1.")
         object.__setattr__(self, "force", tuple(self.force))
         resolve_force(self.force)  # unknown names fail now, not after the export
+        if self.decoder not in DECODER_TARGETS:
+            raise ToolchainError(f"Unknown decoder target {self.decoder!r}.",
+                                 "Use --decoder hailo (a decoder HEF) or --decoder cpu (the cached decoder ONNX on the host).")
+        hailo_decoder_stages = [name for name in self.force if name == "decoder" or name.startswith("decoder-")]
+        if self.decoder == "cpu" and hailo_decoder_stages:
+            raise ToolchainError(
+                f"--force {' '.join(hailo_decoder_stages)} asks to rerun the Hailo decoder's stages, but --decoder cpu "
+                "builds no Hailo decoder: the decoder runs on the host from the export's cached decoder ONNX.",
+                f"Drop --force {' '.join(hailo_decoder_stages)}, or build with --decoder hailo.",
+            )
 
     @property
     def spec(self) -> BuildSpec:
         return resolve_spec(self.variant, self.arch, self.seconds, self.seq_len)
+
+    @property
+    def dfc_models(self) -> tuple[str, ...]:
+        """The networks that go through calibration, parse, optimize and compile."""
+        return dfc_models(self.decoder)
 
     @property
     def build_dir(self) -> Path:

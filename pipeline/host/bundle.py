@@ -8,6 +8,11 @@
       config.json                             shapes, names, layouts, mel parameters, tokens
       README.md                               how to load and run them with HailoRT
 
+With the decoder on the host CPU (`invoke build --decoder cpu`) the bundle has no decoder HEF and
+no host embedding files; it carries the export's cached decoder instead:
+<decoder>_cached_{cross,step}.onnx (float32), <decoder>_cached_{cross,step}_int8.onnx and
+encoder_padding_<s>s.npy, driven by pipeline/export/cached_greedy.py.
+
 The bundle is written whole into a hidden temporary folder beside it and swapped in by rename, so
 `bundle/` never mixes files of two builds (HEFs of another input length, a config of the new one),
 also when the bundle step fails halfway. `bundle_files()` lists what a complete bundle holds, so
@@ -46,10 +51,23 @@ def _host_asset_names(export: Mapping[str, Any]) -> list[str]:
     return [assets["token_embedding"], assets["positional_embedding"], *assets.get("tokenizer_files", [])]
 
 
-def bundle_files(bundle_dir: Path, export: Mapping[str, Any]) -> list[Path]:
-    """Every file of a complete bundle."""
-    names = [f"{export['encoder']['net_name']}.hef", f"{export['decoder']['net_name']}.hef",
-             *_host_asset_names(export), CONFIG_NAME, README_NAME]
+def _cached_decoder_names(export: Mapping[str, Any]) -> list[str]:
+    cached = export["cached_decoder"]
+    return [*(name for files in cached["files"].values() for name in files.values()), cached["encoder_padding"]]
+
+
+def _copied_names(export: Mapping[str, Any], decoder: str) -> list[str]:
+    """Files copied from the export directory: the host embedding for the decoder HEF, the cached
+    decoder for the CPU; the tokenizer for both."""
+    if decoder == "hailo":
+        return _host_asset_names(export)
+    return [*_cached_decoder_names(export), *export["host_assets"].get("tokenizer_files", [])]
+
+
+def bundle_files(bundle_dir: Path, export: Mapping[str, Any], decoder: str = "hailo") -> list[Path]:
+    """Every file of a complete bundle (`decoder`: "hailo" or "cpu", where the decoder runs)."""
+    hefs = [f"{export['encoder']['net_name']}.hef"] + ([f"{export['decoder']['net_name']}.hef"] if decoder == "hailo" else [])
+    names = [*hefs, *_copied_names(export, decoder), CONFIG_NAME, README_NAME]
     return [Path(bundle_dir) / n for n in names]
 
 
@@ -62,8 +80,31 @@ def _swap_in(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def cpu_decoder_config(export: Mapping[str, Any]) -> dict:
+    """config.json's decoder entry for the host CPU: the cached decoder's files and its parity figures."""
+    cached, parity = export["cached_decoder"], export.get("parity") or {}
+    return {
+        "runs_on": "cpu",
+        "onnx": dict(cached["files"]),  # {"float": {"cross", "step"}, "int8": {...}}
+        "encoder_padding": cached["encoder_padding"],
+        "self_cache": list(cached["self_cache"]),
+        "cross_cache": list(cached["cross_cache"]),
+        "max_positions": cached["max_positions"],
+        "quantization": cached.get("quantization"),
+        "parity": {
+            "float": {"logits_vs_transformers": parity.get("cached_decoder_vs_hf"),
+                      "greedy_token_mismatches_vs_generate": parity.get("cached_greedy_token_mismatches")},
+            "int8": {"logits_vs_transformers": parity.get("cached_int8_vs_hf"),
+                     "greedy_rows_equal_to_float": parity.get("cached_int8_greedy_rows_equal"),
+                     "greedy_rows": parity.get("cached_greedy_rows")},
+        },
+        "loop": "pipeline/export/cached_greedy.py: transcribe_tokens(encoder states, load_cached_decoder(...), "
+                "export meta, encoder_padding=...)",
+    }
+
+
 def make_config(spec: BuildSpec, export: Mapping[str, Any], hefs: Mapping[str, Path],
-                dfc_version: Optional[str], rehearsal: bool) -> dict:
+                dfc_version: Optional[str], rehearsal: bool, decoder: str = "hailo") -> dict:
     """config.json: what a host program needs to feed the HEFs and read their outputs."""
     def io_of(model: str) -> dict:
         part = export[model]
@@ -103,17 +144,55 @@ def make_config(spec: BuildSpec, export: Mapping[str, Any], hefs: Mapping[str, P
             "input_layout": "NHWC [1, 1, frames, 80] on the HEF; NCHW [1, 80, 1, frames] in the ONNX",
         },
         "decoder": {
+            "runs_on": "hailo",
             **io_of("decoder"),
             "logits_splits": DECODER_VOCAB_SPLITS,
             "logits": "concatenate the split outputs in order along the last axis -> [1, seq_len, vocab]",
-        },
-        "host_assets": dict(export["host_assets"]),
+        } if decoder == "hailo" else cpu_decoder_config(export),
+        "host_assets": dict(export["host_assets"]) if decoder == "hailo" else
+        {"tokenizer_files": list(export["host_assets"].get("tokenizer_files", []))},
         "tokens": dict(export.get("tokens") or {}),
         "embedding": "embedded[t] = token_embedding[token_t] + positional_embedding[t]",
     }
 
 
+def render_cpu_decoder_readme(config: Mapping[str, Any]) -> str:
+    """README for a bundle whose decoder runs on the host CPU (`--decoder cpu`)."""
+    enc, dec = config["encoder"], config["decoder"]
+    banner = f"> **{config['not_deployable_reason']}**\n\n" if not config["deployable"] else ""
+    figures = dec["parity"]
+    return f"""# Whisper {config['variant']} for {config['arch']}: encoder on the Hailo, decoder on the CPU
+
+{banner}Built with DFC {config['dfc_version'] or 'unknown'} for {config['input_seconds']:g} s of audio
+({config['mel']['frames']} mel frames). Shapes, names and layouts are in `config.json`.
+
+## What runs where
+
+| step | where |
+| --- | --- |
+| audio → 16 kHz mono → log-mel `[80, {config['mel']['frames']}]` (Whisper's log/clamp/scale) | host |
+| encoder | Hailo: `{enc['hef']}` |
+| pad the encoder states to 1500 positions with `{dec['encoder_padding']}` (Whisper's own states for silence) | host |
+| cross-attention keys/values, once per utterance: `{dec['onnx']['float']['cross']}` | host CPU (ONNX Runtime) |
+| one token per step with a key/value cache, greedy: `{dec['onnx']['float']['step']}` | host CPU (ONNX Runtime) |
+| tokens → text (tokenizer files here) | host |
+
+`*_int8.onnx` are the same graphs with int8 weights (ONNX Runtime dynamic quantization): about half
+the time per token. Export parity: float logits within {figures['float']['logits_vs_transformers']}
+of transformers', greedy token mismatches vs `generate`: {figures['float']['greedy_token_mismatches_vs_generate']};
+int8 logits within {figures['int8']['logits_vs_transformers']}, greedy rows equal to float:
+{figures['int8']['greedy_rows_equal_to_float']} of {figures['int8']['greedy_rows']} (the repository's README
+gives word error rates measured on speech).
+
+The decoding loop is `pipeline/export/cached_greedy.py` of the toolchain repository
+(`transcribe_tokens`): numpy and onnxruntime only. Caches are named in `config.json`
+(`self_cache`, `cross_cache`); the step graph's first input is `token` `[batch, 1]`.
+"""
+
+
 def render_readme(config: Mapping[str, Any]) -> str:
+    if config["decoder"].get("runs_on") == "cpu":
+        return render_cpu_decoder_readme(config)
     enc, dec, tokens = config["encoder"], config["decoder"], config["tokens"]
     banner = f"> **{config['not_deployable_reason']}**\n\n" if not config["deployable"] else ""
     layer_names = ", ".join(f"`{k}` = {v}" for k, v in sorted(dec["hef_input_layers"].items())) or "see config.json"
@@ -173,21 +252,22 @@ each input layer to the ONNX input it came from, and the output order follows `o
 
 
 def make_bundle(bundle_dir: Path, *, spec: BuildSpec, export: Mapping[str, Any], export_dir: Path,
-                hefs: Mapping[str, Path], dfc_version: Optional[str], rehearsal: bool) -> list[Path]:
+                hefs: Mapping[str, Path], dfc_version: Optional[str], rehearsal: bool,
+                decoder: str = "hailo") -> list[Path]:
     """Write the bundle (whole, then swapped in); returns its files (the same list as `bundle_files`)."""
     bundle_dir = Path(bundle_dir)
     staging = bundle_dir.with_name(f".{bundle_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        for model in ("encoder", "decoder"):
-            shutil.copyfile(Path(hefs[model]), staging / Path(hefs[model]).name)
-        for name in _host_asset_names(export):
+        for path in hefs.values():
+            shutil.copyfile(Path(path), staging / Path(path).name)
+        for name in _copied_names(export, decoder):
             shutil.copyfile(Path(export_dir) / name, staging / name)
-        config = make_config(spec, export, hefs, dfc_version, rehearsal)
+        config = make_config(spec, export, hefs, dfc_version, rehearsal, decoder)
         write_json_atomic(staging / CONFIG_NAME, config)
         write_text_atomic(staging / README_NAME, render_readme(config))
         _swap_in(staging, bundle_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return bundle_files(bundle_dir, export)
+    return bundle_files(bundle_dir, export, decoder)

@@ -154,6 +154,8 @@ def make_manifest(
             "frames": spec.frames,
             "encoder_net": spec.encoder_net_name,
             "decoder_net": spec.decoder_net_name,
+            # "hailo": the decoder HEF; "cpu": the export's cached decoder ONNX on the host
+            "decoder": getattr(options, "decoder", "hailo"),
             "profile": options.profile,
             "model_script": str(options.model_script) if options.model_script else None,
             "mode": "native" if options.no_docker else "docker",
@@ -216,7 +218,11 @@ def render_report(manifest: Mapping[str, Any]) -> str:
     repo = versions["repo"]
     lines += [
         f"- Input: {b['seconds']:g} s audio ({b['frames']} mel frames), decoder sequence length {b['seq_len']}",
-        f"- Networks: `{b['encoder_net']}`, `{b['decoder_net']}`",
+        f"- Networks: `{b['encoder_net']}`, `{b['decoder_net']}`" if b.get("decoder", "hailo") == "hailo" else
+        f"- Networks: `{b['encoder_net']}` on the Hailo; no decoder HEF",
+        "- Decoder: " + ("Hailo (decoder HEF, fixed sequence length)" if b.get("decoder", "hailo") == "hailo" else
+                         "host CPU (`--decoder cpu`): the export's cached KV-cache decoder ONNX, float and int8, "
+                         "in the bundle; no decoder calibration, parse, optimize or compile ran"),
         f"- Profile: {b['profile']}" + (f", model script {b['model_script']}" if b["model_script"] else ""),
         f"- Ran: {b['mode']}, DFC stages on {'CPU (--cpu)' if b['cpu'] else 'GPU'}",
         f"- DFC: {versions['dfc'] or 'unknown'}" + (" (TEST DOUBLE)" if versions["dfc_test_double"] else ""),
