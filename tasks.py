@@ -389,9 +389,9 @@ def build(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, seconds=None, seq_len=N
 
     limits = {}
     if min_free_gb is not None:
-        limits["min_free_gb"] = parse_number("--min-free-gb", min_free_gb)
+        limits["min_free_disk_gib"] = parse_number("--min-free-gb", min_free_gb)
     if min_memory_gb is not None:
-        limits["min_memory_gb"] = parse_number("--min-memory-gb", min_memory_gb)
+        limits["min_memory_gib"] = parse_number("--min-memory-gb", min_memory_gb)
     options = BuildOptions(
         variant=variant,
         arch=arch,
@@ -429,3 +429,20 @@ def bench(c, out=None, keep=False):
     """Benchmark the build: full build and no-op rebuild time, natively with the DFC test double."""
     c.run(f"{sys.executable} bench/build_bench.py" + (f" --out {out}" if out else "") + (" --keep" if keep else ""),
           pty=False)
+
+
+# --- rehearsal (pipeline/host/rehearsal.py) --------------------------------------------------------
+
+
+@task(help={"mode": "auto (Docker when a daemon answers, else native) | docker | native",
+            "out": "rehearsal folder (default build/rehearsal); nothing is written outside it"})
+@_friendly_errors
+def rehearsal(c, mode="auto", out=None):
+    """The whole pipeline offline with the DFC TEST DOUBLE, real tiny.en weights and generated speech.
+
+    No GPU, no DFC, no downloads but packages; everything goes to build/rehearsal/ and is NOT
+    DEPLOYABLE. Ends with the steps for a real build.
+    """
+    from pipeline.host.rehearsal import REHEARSAL_DIR, run_rehearsal
+
+    run_rehearsal(Path(out) if out else REHEARSAL_DIR, mode)

@@ -33,7 +33,7 @@ DFC_DOUBLE = TESTS / "dfc_double"
 SECONDS, SEQ_LEN = 1, 8
 # The tests' builds are small: the disk and memory minimums of a real build must not depend on
 # what this machine has free at the moment.
-LOW_MINIMUMS = {"min_free_gb": 1, "min_memory_gb": 0.5}
+LOW_MINIMUMS = {"min_free_disk_gib": 1, "min_memory_gib": 0.5}
 
 
 # --- end to end --------------------------------------------------------------------------------
@@ -209,7 +209,7 @@ def _invoke_build_argv(o: BuildOptions, work: Path, tmp_path: Path) -> list[str]
             "--variant", o.variant, "--arch", o.arch, "--seconds", str(o.seconds), "--seq-len", str(o.seq_len),
             "--model", rel(o.model), "--calib", rel(o.calib_dir), "--profile", o.profile, "--cpu",
             "--out", rel(o.build_dir), "--vendor", rel(o.vendor_dir), "--model-script", rel(tmp_path / "scripts"),
-            "--min-free-gb", str(o.min_free_gb), "--min-memory-gb", str(o.min_memory_gb)]
+            "--min-free-gb", str(o.min_free_disk_gib), "--min-memory-gb", str(o.min_memory_gib)]
     if o.no_docker:
         argv.append("--no-docker")
     else:

@@ -26,7 +26,7 @@ from pipeline.host.build_options import BuildOptions
 
 TESTS = Path(__file__).resolve().parent
 DFC_DOUBLE = TESTS / "dfc_double"
-LOW_MINIMUMS = {"min_free_gb": 0, "min_memory_gb": 0.5}
+LOW_MINIMUMS = {"min_free_disk_gib": 0, "min_memory_gib": 0.5}
 
 pytestmark = pytest.mark.slow
 

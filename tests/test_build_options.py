@@ -62,7 +62,7 @@ def test_numeric_flags_are_refused_with_the_flag_and_the_text():
     with pytest.raises(ToolchainError, match="--seconds 'nan' is not a finite number"):
         parse_number("--seconds", "nan")
     with pytest.raises(ToolchainError, match="--min-free-gb -1 is not a number of GiB >= 0"):
-        BuildOptions(min_free_gb=-1)
+        BuildOptions(min_free_disk_gib=-1)
 
 
 def test_the_decoder_target_is_checked_and_a_cpu_decoder_refuses_to_force_hailo_decoder_stages(tmp_path):

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional
 
 from pipeline.errors import ToolchainError
-from pipeline.host.doctor import MIN_AVAILABLE_MEMORY_GIB, MIN_FREE_DISK_GIB
 from pipeline.host.stage_cache import STAGE_ORDER, StageRecord, resolve_force
 from pipeline.host.watchdog import MINUTE, STALL_LIMITS_S
 from pipeline.tables import DECODER_TARGETS, DEFAULT_ARCH, DEFAULT_VARIANT, PROFILES, BuildSpec, dfc_models, resolve_spec
@@ -44,8 +43,10 @@ class BuildOptions:
     hang_probe_timeout_s: float = 120.0  # GPU hang probe: no output and no JIT cache growth this long
     jit_cache_dir: Optional[Path] = None  # CUDA JIT caches, one folder per image; None: default_jit_cache_root()
     stream_logs: bool = True  # stage output on the console too (always in logs/)
-    min_free_gb: float = MIN_FREE_DISK_GIB  # preflight blocker below this much free disk
-    min_memory_gb: float = MIN_AVAILABLE_MEMORY_GIB  # preflight blocker below this much available RAM
+    # Preflight resource minimums; None: a real DFC build's (pipeline.host.doctor). The rehearsal
+    # (test double, tiny model, quick profile) needs far less.
+    min_free_disk_gib: Optional[float] = None
+    min_memory_gib: Optional[float] = None
     download_probe: Callable[[str], None] = field(default=None, repr=False)  # raises OSError: unreachable
 
     def __post_init__(self):
@@ -59,8 +60,8 @@ class BuildOptions:
                 object.__setattr__(self, name, Path(value).expanduser().resolve())
         if self.model and looks_like_path(self.model):
             object.__setattr__(self, "model", str(Path(self.model).expanduser().resolve()))
-        for flag, value in (("--min-free-gb", self.min_free_gb), ("--min-memory-gb", self.min_memory_gb)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        for flag, value in (("--min-free-gb", self.min_free_disk_gib), ("--min-memory-gb", self.min_memory_gib)):
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ToolchainError(f"{flag} {value!r} is not a number of GiB >= 0.", f"Pass e.g. {flag} 30.")
         for stage, seconds in self.stall_timeouts.items():
             check_stall_stage(stage)

@@ -386,7 +386,9 @@ def run_doctor(
     min_free_disk_gib: float = MIN_FREE_DISK_GIB,
     min_memory_gib: float = MIN_AVAILABLE_MEMORY_GIB,
 ) -> DoctorReport:
-    """Check everything a build for `arch` needs; never raises for a failing check."""
+    """Check everything a build for `arch` needs; never raises for a failing check.
+
+    The resource minimums are a real DFC build's; a rehearsal with the test double passes its own."""
     series = get_arch(arch).dfc  # an unknown arch is a usage error, not a blocker: raises
     image_check, image = _image_check(series, Path(vendor_dir), probes, native=no_docker)
     inventory = probes.read_gpus()

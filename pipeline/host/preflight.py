@@ -118,8 +118,8 @@ def preflight(options: BuildOptions, spec: BuildSpec, layout: Layout, doctor_pro
         allow_gpu=options.allow_gpu,
         no_docker=options.no_docker,
         probes=doctor_probes or Probes(),
-        min_free_disk_gib=options.min_free_gb,
-        min_memory_gib=options.min_memory_gb,
+        **{name: value for name, value in (("min_free_disk_gib", options.min_free_disk_gib),
+                                           ("min_memory_gib", options.min_memory_gib)) if value is not None},
     )
     blockers = [f"{c.name}: {c.detail}" + (f" Fix: {c.fix}" if c.fix else "") for c in report.blockers]
     warnings = [f"{c.name}: {c.detail}" for c in report.checks if c.status == WARN]

@@ -110,7 +110,9 @@ def build_test_double_wheel(source_dir: Path, dest: Path, version: str = "3.31.0
         command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                    "--no-index", "-w", str(wheel_dir), str(staging)]
         done = subprocess.run(command, capture_output=True, text=True,
-                              env={**os.environ, "HAILO_DOUBLE_VERSION": version})
+                              # fixed zip timestamps: the same source gives the same bytes, so the
+                              # DFC image (its tag hashes the wheel) is reused across checkouts
+                              env={**os.environ, "HAILO_DOUBLE_VERSION": version, "SOURCE_DATE_EPOCH": "315532800"})
         if done.returncode != 0:
             raise ToolchainError(f"Building the test double wheel failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}",
                                  "Install setuptools and wheel in this environment (pip install setuptools wheel).")
