@@ -13,6 +13,7 @@ from pathlib import Path
 from invoke import Exit, task
 
 from pipeline.errors import ToolchainError
+from pipeline.host.stop_signals import BuildStopped
 from pipeline.layout import Layout
 from pipeline.tables import DEFAULT_ARCH, DEFAULT_VARIANT, MODELS
 
@@ -28,6 +29,8 @@ def _friendly_errors(fn):
             raise Exit(f"error: {err}", code=2) from None
         except KeyboardInterrupt:
             raise Exit("interrupted", code=130) from None
+        except BuildStopped as stop:  # SIGTERM/SIGHUP: the stage was stopped and the lock released
+            raise Exit(f"{stop}: the running stage was stopped; rerun to resume", code=stop.exit_code) from None
 
     return wrapper
 
@@ -115,8 +118,11 @@ def export(c, variant=DEFAULT_VARIANT, seconds=None, seq_len=None, model=None, o
     """Export Whisper to Hailo-compatible encoder/decoder ONNX, with parity checks (pipeline/export/export.py)."""
     from pipeline.export.export import export_whisper, make_config
 
-    config = make_config(variant, None if seconds is None else float(seconds),
-                         None if seq_len is None else int(seq_len), model, out, offline, arch)
+    from pipeline.host.build_options import parse_number
+
+    config = make_config(variant, None if seconds is None else parse_number("--seconds", seconds),
+                         None if seq_len is None else parse_number("--seq-len", seq_len, int), model, out, offline,
+                         arch)
     result = export_whisper(config, log=lambda message: print(f"[export] {message}", flush=True))
     print(f"export written to {result.export_json.parent}")
 
@@ -161,17 +167,20 @@ def calib(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, audio=None, download=Fa
     from pipeline.dfc.model_scripts import calibration_entries_needed
     from pipeline.tables import resolve_spec
 
-    spec = resolve_spec(variant, arch, None if seconds is None else float(seconds))
+    from pipeline.host.build_options import parse_number
+
+    spec = resolve_spec(variant, arch, None if seconds is None else parse_number("--seconds", seconds))
     layout = Layout(Path(build_dir) if build_dir else Path("build") / spec.build_name)
     if audio is None:
         if not download:
             raise ToolchainError("No calibration audio given.", "Pass --audio DIR (speech recordings) or --download.")
         audio = download_librispeech(layout.download_dir)
-    workers = None if workers is None else int(workers)
-    size = int(size) if size is not None else calibration_entries_needed(variant, arch, profile)
+    workers = None if workers is None else parse_number("--workers", workers, int)
+    size = parse_number("--size", size, int) if size is not None else calibration_entries_needed(variant, arch, profile)
     encoder = build_encoder_set(EncoderSetConfig(
         audio_dir=Path(audio), out=layout.encoder_calib, seconds=spec.seconds, size=size,
-        min_entries=int(min_entries), seed=int(seed), workers=workers))
+        min_entries=parse_number("--min-entries", min_entries, int), seed=parse_number("--seed", seed, int),
+        workers=workers))
     print(f"encoder set: {encoder.path} {list(encoder.shape)} ({len(encoder.skipped)} files skipped; "
           f"manifest {encoder.manifest_path})")
     if encoder_only:
@@ -331,8 +340,13 @@ def image(c, target=None, dfc_version=None, dry_run=False, repin=False, base_ima
 # --- end-to-end build (pipeline/host/build.py) ------------------------------------------------------
 
 
+# The DFC test double's fault switches (tests/dfc_double): set in the caller's environment, they
+# reach the stages in containers too (natively the stages inherit the environment anyway).
+DOUBLE_FAULT_VARIABLES = ("HAILO_DOUBLE_FAIL_AT", "HAILO_DOUBLE_HANG_AT")
+
+
 @task(
-    iterable=["force"],
+    iterable=["force", "stall_limit"],
     help={
         "variant": "Whisper variant: tiny, tiny.en, base, base.en (default tiny)",
         "arch": "Hailo architecture: hailo8, hailo8l, hailo10h (default hailo8l)",
@@ -361,26 +375,38 @@ def image(c, target=None, dfc_version=None, dry_run=False, repin=False, base_ima
         "eval_download": "like --eval with LibriSpeech test-clean, downloaded into <out>/eval/download",
         "max_wer_increase": "stop before compile (exit 1) when the quantized WER exceeds the onnx WER by more "
                             "than this many points (needs --eval or --eval-download)",
+        "stall_limit": "STAGE=MINUTES (repeatable): stop a stage silent that long; a stage (encoder-optimize) "
+                       "or a kind (export, calib, parse, optimize, compile). Defaults: optimize 30, compile 75",
+        "min_free_gb": "refuse to start below this much free disk in GiB (default 30)",
+        "min_memory_gb": "refuse to start below this much available memory in GiB (default 16)",
+        "verbose": "show every stage's output (result JSON included) on the console; always in <out>/logs/",
     },
 )
 @_friendly_errors
 def build(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, seconds=None, seq_len=None, model=None, calib=None,
           calib_download=False, calib_size=None, profile="full", decoder="hailo", model_script=None, cpu=False,
           allow_gpu=False, no_docker=False, out=None, force=None, vendor="vendor", base_image=None,
-          wheelhouse=None, eval=None, eval_download=False, max_wer_increase=None):
+          wheelhouse=None, eval=None, eval_download=False, max_wer_increase=None, stall_limit=None,
+          min_free_gb=None, min_memory_gb=None, verbose=False):
     """Build the encoder HEF and the decoder (HEF, or ONNX for the host CPU) end to end (resumable; reruns only what changed)."""
     import os
     from pipeline.host.build import BuildOptions, run_build
+    from pipeline.host.build_options import parse_number, parse_stall_limits
 
+    limits = {}
+    if min_free_gb is not None:
+        limits["min_free_disk_gib"] = parse_number("--min-free-gb", min_free_gb)
+    if min_memory_gb is not None:
+        limits["min_memory_gib"] = parse_number("--min-memory-gb", min_memory_gb)
     options = BuildOptions(
         variant=variant,
         arch=arch,
-        seconds=float(seconds) if seconds is not None else None,
-        seq_len=int(seq_len) if seq_len is not None else None,
+        seconds=parse_number("--seconds", seconds) if seconds is not None else None,
+        seq_len=parse_number("--seq-len", seq_len, int) if seq_len is not None else None,
         model=model,
         calib_dir=Path(calib) if calib else None,
         calib_download=calib_download,
-        calib_size=int(calib_size) if calib_size is not None else None,
+        calib_size=parse_number("--calib-size", calib_size, int) if calib_size is not None else None,
         profile=profile,
         decoder=decoder,
         model_script=Path(model_script) if model_script else None,
@@ -396,7 +422,11 @@ def build(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, seconds=None, seq_len=N
         export_env={"HF_TOKEN": os.environ["HF_TOKEN"]} if os.environ.get("HF_TOKEN") else {},
         eval_dir=Path(eval) if eval else None,
         eval_download=eval_download,
-        max_wer_increase=float(max_wer_increase) if max_wer_increase is not None else None,
+        max_wer_increase=parse_number("--max-wer-increase", max_wer_increase) if max_wer_increase is not None else None,
+        stage_env={name: os.environ[name] for name in DOUBLE_FAULT_VARIABLES if os.environ.get(name)},
+        stall_timeouts=parse_stall_limits(stall_limit or ()),
+        stream_logs=verbose,
+        **limits,
     )
     from pipeline.host.build_gate import GateFailed
 

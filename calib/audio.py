@@ -95,13 +95,21 @@ def file_list_sha256(paths: list[str]) -> str:
 
 
 def probe(root: str | os.PathLike, rel_path: str) -> AudioInfo | Skip:
-    """Read one file's header. Unreadable or empty files come back as a `Skip`."""
+    """Read one file's header and its first sample. Unreadable or empty files come back as a
+    `Skip`, also a file whose header promises samples that are not there (a truncated download)."""
     try:
         info = soundfile.info(str(Path(root, rel_path)))
     except Exception as err:  # libsndfile raises several types for bad headers
         return Skip(rel_path, f"unreadable: {_one_line(err)}")
     if info.frames <= 0 or info.samplerate <= 0:
         return Skip(rel_path, "zero-length: no audio samples")
+    try:
+        with soundfile.SoundFile(str(Path(root, rel_path))) as f:
+            first = f.read(1, dtype="float32")
+    except Exception as err:
+        return Skip(rel_path, f"no audio after the header: {_one_line(err)}")
+    if len(first) == 0:
+        return Skip(rel_path, "no audio after the header")
     return AudioInfo(rel_path, int(info.samplerate), int(info.frames), int(info.channels))
 
 

@@ -14,6 +14,10 @@ from typing import ClassVar, Optional
 
 from pipeline.tables import FRAMES_PER_SECOND, SAMPLE_RATE
 
+# LibriSpeech dev-clean on openslr.org (resource 12); here so the host's preflight can check it is
+# reachable without calib's dependencies.
+DEV_CLEAN_URL = "https://www.openslr.org/resources/12/dev-clean.tar.gz"
+
 
 
 def _optional(flag: str, value) -> list[str]:

@@ -18,15 +18,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from calib.config import DEV_CLEAN_URL
 from pipeline.errors import ToolchainError
 from pipeline.files import sha256_file
 
-# openslr.org resource 12; the sha256 is of the archive as served there.
-DEV_CLEAN_URL = "https://www.openslr.org/resources/12/dev-clean.tar.gz"
+# openslr.org resource 12 (calib.config.DEV_CLEAN_URL); the sha256 is of the archive as served there.
 DEV_CLEAN_SHA256 = "76f87d090650617fca0cac8f88b9416e0ebf80350acb97b343a85fa903728ab3"
 DEV_CLEAN_DIR = "LibriSpeech/dev-clean"  # what the archive extracts to
 
 _CHUNK = 1 << 20
+# The way around a download that cannot work here (offline host, blocked server).
+OWN_AUDIO_HINT = "`make hef CALIB=DIR` or `invoke build --calib DIR` with a folder of wav/flac/ogg speech"
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,13 @@ def download_file(url: str, dest: Path, *, timeout_s: float = 60.0, progress: bo
             os.replace(partial, dest)
             return dest
         raise ToolchainError(f"Downloading {url} failed: HTTP {err.code} {err.reason}.",
-                             "Check the URL and your internet connection, then run the command again.") from None
+                             "Check the URL and your internet connection, then run the command again, or use "
+                             f"your own speech recordings instead: {OWN_AUDIO_HINT}.") from None
     except (urllib.error.URLError, OSError) as err:
         raise ToolchainError(f"Downloading {url} failed: {getattr(err, 'reason', err)}.",
-                             "Check your internet connection (or proxy), then run the command again; "
-                             "the download resumes where it stopped.") from None
+                             "Check your internet connection (or proxy), then run the command again (the "
+                             f"download resumes where it stopped), or use your own speech recordings instead: "
+                             f"{OWN_AUDIO_HINT}.") from None
     with response:
         resumed = have and response.status == 206
         if not resumed:

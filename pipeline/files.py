@@ -10,6 +10,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import shutil
 import socket
 import threading
 from pathlib import Path
@@ -37,8 +39,45 @@ def temp_path_for(path: str | os.PathLike) -> Path:
     hash memo) at the same time.
     """
     path = Path(path)
-    writer = f"{socket.gethostname()}-{os.getpid()}-{threading.get_native_id()}"
+    host = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())  # no "." or "-": the name stays parseable
+    writer = f"{host}-{os.getpid()}-{threading.get_native_id()}"
     return path.with_name(f".{path.stem}.partial-{writer}{path.suffix}")
+
+
+_PARTIAL_TOKEN = r"partial-(?:[A-Za-z0-9_]+-)?\d+(?:-\d+)?"  # temp_path_for's writer, or a bare pid
+_TEMP_NAME = re.compile(r"^\.(?P<stem>.+)\." + _PARTIAL_TOKEN + r"(?P<suffix>\.[^.]*)?$")
+
+
+def final_path_for(path: str | os.PathLike) -> Path:
+    """The artifact a temporary name (`temp_path_for`) becomes; other paths unchanged."""
+    path = Path(path)
+    m = _TEMP_NAME.match(path.name)
+    return path.with_name(m["stem"] + (m["suffix"] or "")) if m else path
+
+
+# Hidden names of unfinished work: temp_path_for's `.x.partial-<host>-<pid>-<thread>.ext`, the export's
+# `.export-partial-*` work folder, the bundle's `.bundle.partial-<pid>` / `.bundle.old-<pid>`.
+_PARTIAL_NAME = re.compile(r"^\..*(\." + _PARTIAL_TOKEN + r"|-partial-\w+|\.old-\d+)")
+_KEPT_FOLDERS = ("download", ".cache")  # resumable downloads and the model cache manage their own
+
+
+def remove_partial_files(root: str | os.PathLike) -> list[Path]:
+    """Remove what killed runs left under `root` (files and folders with a partial name); returns them.
+
+    Call only while holding the build lock: a live writer's partial files look the same.
+    """
+    removed = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in _KEPT_FOLDERS]
+        for name in [d for d in dirs if _PARTIAL_NAME.match(d)]:
+            shutil.rmtree(Path(folder) / name, ignore_errors=True)
+            dirs.remove(name)
+            removed.append(Path(folder) / name)
+        for name in files:
+            if _PARTIAL_NAME.match(name):
+                (Path(folder) / name).unlink(missing_ok=True)
+                removed.append(Path(folder) / name)
+    return removed
 
 
 @contextlib.contextmanager
@@ -54,6 +93,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        if err.filename is None:  # a write to the open file (e.g. a full disk): name what was written
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

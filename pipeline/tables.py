@@ -182,8 +182,14 @@ class BuildSpec:
 
     @property
     def build_name(self) -> str:
-        """Default build directory name: `<variant>-<arch>`."""
-        return f"{self.variant.name}-{self.arch.name}"
+        """Default build directory name: `<variant>-<arch>`, plus `-<seconds>s` / `-seq<n>` when they
+        differ from the variant's defaults, so builds of other shapes never share a folder."""
+        name = f"{self.variant.name}-{self.arch.name}"
+        if self.seconds != self.variant.default_seconds:
+            name += f"-{self.seconds_tag}"
+        if self.seq_len != self.variant.default_seq_len:
+            name += f"-seq{self.seq_len}"
+        return name
 
 
 def _choices(table: Mapping[str, object]) -> str:

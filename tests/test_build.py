@@ -5,7 +5,9 @@ The end-to-end tests run every stage for real (export of a random-init tiny Whis
 sets from espeak-ng speech, ONNX Runtime) with the DFC test double from tests/dfc_double in place
 of the licensed DFC: natively (`--no-docker`, the double on the stages' PYTHONPATH) and through
 real Docker (the double installed as a wheel in the dfc3 image). One build directory serves the
-sequence full build -> no-op -> model script change -> killed in optimize -> resume -> lock.
+sequence full build -> no-op -> model script change -> stalled in optimize -> resume -> lock ->
+`invoke build` (relative paths) stopped by SIGTERM, SIGHUP, SIGKILL while optimize hangs -> resume.
+Filesystem faults and a change of --seconds: tests/test_build_faults.py.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from pipeline.host.stage_cache import STAGE_ORDER
 TESTS = Path(__file__).resolve().parent
 DFC_DOUBLE = TESTS / "dfc_double"
 SECONDS, SEQ_LEN = 1, 8
+# The tests' builds are small: the disk and memory minimums of a real build must not depend on
+# what this machine has free at the moment.
+LOW_MINIMUMS = {"min_free_disk_gib": 1, "min_memory_gib": 0.5}
 
 
 # --- end to end --------------------------------------------------------------------------------
@@ -168,45 +173,122 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _check_killed_build_resumes(flow: Flow, tmp_path: Path) -> None:
-    """`invoke build` SIGKILLed while optimize runs: the lock stays behind (its pid is dead), the
-    next build takes it over with a warning and resumes at optimize."""
-    import signal
-    import subprocess
-    import sys
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _stage_containers(build: Path) -> list:
+    import docker
+
+    from pipeline.host.docker_engine import LABEL_BUILD_DIR
+
+    return docker.from_env().containers.list(all=True, filters={"label": f"{LABEL_BUILD_DIR}={build}"})
+
+
+def _wait_for(condition, what: str, proc=None, timeout_s: float = 180):
     import time
 
+    deadline = time.monotonic() + timeout_s
+    while not (found := condition()):
+        assert proc is None or proc.poll() is None, f"the build ended before {what}"
+        assert time.monotonic() < deadline, f"{what} did not happen in {timeout_s} s"
+        time.sleep(0.2)
+    return found
+
+
+def _invoke_build_argv(o: BuildOptions, work: Path, tmp_path: Path) -> list[str]:
+    """`invoke build` with the flow's options, its paths given relative to `work` (its cwd)."""
+    import sys
+
+    def rel(path) -> str:
+        return os.path.relpath(path, work)
+
+    argv = [str(Path(sys.executable).with_name("invoke")), "-r", str(TESTS.parent), "build",
+            "--variant", o.variant, "--arch", o.arch, "--seconds", str(o.seconds), "--seq-len", str(o.seq_len),
+            "--model", rel(o.model), "--calib", rel(o.calib_dir), "--profile", o.profile, "--cpu",
+            "--out", rel(o.build_dir), "--vendor", rel(o.vendor_dir), "--model-script", rel(tmp_path / "scripts"),
+            "--min-free-gb", str(o.min_free_disk_gib), "--min-memory-gb", str(o.min_memory_gib)]
+    if o.no_docker:
+        argv.append("--no-docker")
+    else:
+        argv += ["--base-image", o.base_image, "--wheelhouse", rel(o.wheelhouse)]
+    return argv
+
+
+def _check_stop_signals(flow: Flow, tmp_path: Path) -> None:
+    """`invoke build` (paths relative to its working directory) gets SIGTERM, then SIGHUP, then
+    SIGKILL while optimize hangs: each time no stage process or container remains (after SIGKILL:
+    the next build stops it before taking the lock), the lock is released or taken over, one
+    writer only, and each rerun resumes where the last one stopped."""
+    import signal
+    import subprocess
+
     o, build = flow.base, flow.base.build_dir
-    cmd = [str(Path(sys.executable).with_name("invoke")), "build", "--variant", o.variant, "--arch", o.arch,
-           "--seconds", str(o.seconds), "--seq-len", str(o.seq_len), "--model", o.model, "--calib", str(o.calib_dir),
-           "--profile", o.profile, "--cpu", "--no-docker", "--out", str(build), "--vendor", str(o.vendor_dir),
-           "--model-script", str(tmp_path / "scripts"), "--force", "optimize"]
-    env = {**os.environ, "PYTHONPATH": str(DFC_DOUBLE), "HAILO_DOUBLE_HANG_AT": "optimize"}
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    env = {**os.environ, "HAILO_DOUBLE_HANG_AT": "optimize"}
+    if o.no_docker:
+        env["PYTHONPATH"] = str(DFC_DOUBLE)
     log = build / "logs" / "encoder-optimize.log"
-    log.unlink()  # the earlier runs' log: wait for this run's
-    proc = subprocess.Popen(cmd, cwd=TESTS.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    stage_pids = []
-    try:
-        deadline = time.monotonic() + 120
-        while not (log.exists() and "pipeline.dfc.optimize" in log.read_text()):
-            assert proc.poll() is None, "the build ended before optimize started"
-            assert time.monotonic() < deadline, "optimize did not start"
-            time.sleep(0.2)
-        stage_pids = _descendants(proc.pid)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        for pid in stage_pids:  # the stage runs in its own session: stop it by its pid
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if proc.poll() is None:
-            proc.kill()
-    assert json.loads((build / "build.lock").read_text())["pid"] == proc.pid
-    assert not (build / ".stages" / "encoder-optimize.json").exists()
+
+    def stage_running():
+        if not (log.exists() and "pipeline.dfc.optimize" in log.read_text()):
+            return None
+        if o.no_docker:
+            return [pid for pid in _descendants(proc.pid) if _alive(pid)] or None
+        return [c for c in _stage_containers(build) if c.status == "running"] or None
+
+    for index, sig in enumerate((signal.SIGTERM, signal.SIGHUP, signal.SIGKILL)):
+        # The first run reruns calibration: relative --calib/--model must reach the stages (and
+        # the containers) as absolute paths. The later ones resume at optimize by themselves.
+        argv = _invoke_build_argv(o, work, tmp_path) + (["--force", "encoder-calib"] if index == 0 else [])
+        log.unlink(missing_ok=True)
+        out_path = tmp_path / f"invoke-{sig.name}.out"
+        with open(out_path, "w") as out:
+            proc = subprocess.Popen(argv, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            stage = _wait_for(stage_running, "encoder-optimize started", proc)
+            if sig == signal.SIGHUP:  # one writer: a second build is refused while this one runs
+                with pytest.raises(ToolchainError, match=f"Another build holds .*pid {proc.pid}"):
+                    flow.run(model_script=tmp_path / "scripts")
+                assert stage_running(), "the refused build left the running stage alone"
+            proc.send_signal(sig)
+            code = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        output = out_path.read_text()
+        assert not (build / ".stages" / "encoder-optimize.json").exists()
+        if index == 0:
+            assert "encoder-calib" in output and (build / ".stages" / "encoder-calib.json").exists()
+        if sig != signal.SIGKILL:
+            assert code == 128 + sig, output
+            assert "[whisper-hailo]" not in output, "stage output stays in logs/ unless --verbose"
+            assert f"stopped by {sig.name}" in output
+            assert not (build / "build.lock").exists(), "the lock is released"
+            if index == 1:
+                assert "encoder-parse      up to date" in output and "encoder-calib      up to date" in output
+        else:
+            assert json.loads((build / "build.lock").read_text())["pid"] == proc.pid
+        if o.no_docker:
+            # After SIGKILL too: the parent-death signal ends the stage with the build.
+            _wait_for(lambda: not any(_alive(pid) for pid in stage), "the stage process ended", timeout_s=20)
+        elif sig != signal.SIGKILL:
+            assert _stage_containers(build) == [], "the stage container is stopped and removed"
+        else:
+            assert [c.name for c in _stage_containers(build)] == [c.name for c in stage], \
+                "a SIGKILLed build cannot stop its container: the next build does"
+
     result, output = flow.run(model_script=tmp_path / "scripts")
     assert f"Taking over a stale build lock: pid {proc.pid}" in output
+    if not o.no_docker:
+        assert f"Stopped and removed container {stage[0].name}" in output
+        assert _stage_containers(build) == []
     assert result.ran == OPTIMIZE_AND_AFTER
     assert result.up_to_date == BEFORE_OPTIMIZE
     assert not (build / "build.lock").exists()
@@ -219,11 +301,11 @@ def test_native_build_end_to_end(tmp_path, monkeypatch, random_whisper_dir, spee
     base = BuildOptions(
         variant="tiny", arch="hailo8l", seconds=SECONDS, seq_len=SEQ_LEN, model=str(random_whisper_dir("tiny")),
         calib_dir=speech_dir, profile="quick", cpu=True, no_docker=True, out=tmp_path / "build",
-        vendor_dir=tmp_path / "vendor", stage_env={"PYTHONPATH": str(DFC_DOUBLE)},
+        vendor_dir=tmp_path / "vendor", stage_env={"PYTHONPATH": str(DFC_DOUBLE)}, **LOW_MINIMUMS,
     )
     flow = Flow(base)
     _check_flow(flow, tmp_path)
-    _check_killed_build_resumes(flow, tmp_path)
+    _check_stop_signals(flow, tmp_path)
 
     # 6. On a GPU host (recorded NVML answer: one A100), the hang probe runs before the first DFC
     # stage, in the DFC stages' environment. There is no TensorFlow here, so it fails, and the
@@ -323,9 +405,11 @@ def test_docker_build_end_to_end(tmp_path, random_whisper_dir, speech_dir):
     base = BuildOptions(
         variant="tiny", arch="hailo8l", seconds=SECONDS, seq_len=SEQ_LEN, model=str(model), calib_dir=audio,
         profile="quick", cpu=True, no_docker=False, out=tmp_path / "build", vendor_dir=vendor,
-        base_image=base_image, wheelhouse=wheelhouse,
+        base_image=base_image, wheelhouse=wheelhouse, **LOW_MINIMUMS,
     )
-    _check_flow(Flow(base), tmp_path)
+    flow = Flow(base)
+    _check_flow(flow, tmp_path)
+    _check_stop_signals(flow, tmp_path)
 
 
 @pytest.mark.slow
@@ -342,7 +426,7 @@ def test_two_gpus_optimize_encoder_and_decoder_at_once_and_compile_without_a_gpu
     options = BuildOptions(
         variant="tiny", arch="hailo8l", seconds=SECONDS, seq_len=SEQ_LEN, model=str(random_whisper_dir("tiny")),
         calib_dir=speech_dir, profile="quick", no_docker=True, out=tmp_path / "build",
-        vendor_dir=tmp_path / "vendor",
+        vendor_dir=tmp_path / "vendor", **LOW_MINIMUMS,
         stage_env={"PYTHONPATH": os.pathsep.join((str(DFC_DOUBLE), str(TESTS / "tf_double"))),
                    "HAILO_DOUBLE_DELAY_S": "optimize=3"},
     )

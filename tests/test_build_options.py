@@ -22,6 +22,49 @@ def test_options_refuse_bad_combinations_with_the_fix(tmp_path):
     assert (options.spec.seconds, options.spec.seq_len) == (5, 24)
 
 
+def test_paths_are_resolved_once_so_relative_ones_survive_a_container(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "speech").mkdir()
+    monkeypatch.chdir(work)
+    options = BuildOptions(calib_dir=Path("../speech"), model="../model", out=Path("../build"),
+                           model_script=Path("scripts/x.alls"), vendor_dir=Path("vendor"))
+    assert options.calib_dir == tmp_path / "speech"
+    assert options.model == str(tmp_path / "model")
+    assert options.build_dir == tmp_path / "build"
+    assert options.model_script == work / "scripts" / "x.alls" and options.vendor_dir == work / "vendor"
+    assert BuildOptions(calib_dir=tmp_path, model="openai/whisper-tiny").model == "openai/whisper-tiny"
+
+
+def test_stall_limits_take_stages_or_kinds_in_minutes_and_refuse_the_rest():
+    from pipeline.host.build_options import parse_stall_limits
+
+    assert parse_stall_limits(["optimize=90", "encoder-compile=0.5"]) == {"optimize": 5400.0,
+                                                                          "encoder-compile": 30.0}
+    for bad, message in (("optimise=3", "'optimise', which is not a stage"),
+                         ("bundle=3", "'bundle', which is not a stage"),
+                         ("optimize=-1", "minutes must be positive"), ("optimize=0", "minutes must be positive"),
+                         ("optimize=soon", "is not a number"), ("optimize", "is not STAGE=MINUTES")):
+        with pytest.raises(ToolchainError, match=message):
+            parse_stall_limits([bad])
+    with pytest.raises(ToolchainError, match="not a positive number"):
+        BuildOptions(stall_timeouts={"optimize": -5})
+
+
+def test_numeric_flags_are_refused_with_the_flag_and_the_text():
+    from pipeline.host.build_options import parse_number
+
+    assert parse_number("--seconds", "7.5") == 7.5 and parse_number("--seq-len", "24", int) == 24
+    with pytest.raises(ToolchainError, match="--seconds 'banana' is not a number"):
+        parse_number("--seconds", "banana")
+    with pytest.raises(ToolchainError, match="--seq-len 'x' is not an integer"):
+        parse_number("--seq-len", "x", int)
+    with pytest.raises(ToolchainError, match="--seconds 'nan' is not a finite number"):
+        parse_number("--seconds", "nan")
+    with pytest.raises(ToolchainError, match="--min-free-gb -1 is not a number of GiB >= 0"):
+        BuildOptions(min_free_disk_gib=-1)
+
+
 def test_the_decoder_target_is_checked_and_a_cpu_decoder_refuses_to_force_hailo_decoder_stages(tmp_path):
     assert BuildOptions(calib_dir=tmp_path).dfc_models == ("encoder", "decoder")
     assert BuildOptions(calib_dir=tmp_path, decoder="cpu").dfc_models == ("encoder",)

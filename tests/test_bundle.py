@@ -97,3 +97,40 @@ def test_rehearsal_bundle_says_not_deployable(tmp_path):
     assert "NOT DEPLOYABLE" in (out / "README.md").read_text().splitlines()[2]
     # Nothing half-written is left behind by the atomic copies.
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_a_rebuilt_bundle_replaces_the_old_one_whole(tmp_path):
+    old_spec, new_spec = resolve_spec("tiny", "hailo8l", 2, 8), resolve_spec("tiny", "hailo8l", 1, 8)
+    out = tmp_path / "bundle"
+    (tmp_path / "old").mkdir()
+    export, export_dir, hefs = _inputs(tmp_path / "old", old_spec)
+    make_bundle(out, spec=old_spec, export=export, export_dir=export_dir, hefs=hefs, dfc_version="3.31.0",
+                rehearsal=False)
+    (tmp_path / "new").mkdir()
+    export, export_dir, hefs = _inputs(tmp_path / "new", new_spec)
+    written = make_bundle(out, spec=new_spec, export=export, export_dir=export_dir, hefs=hefs,
+                          dfc_version="3.31.0", rehearsal=False)
+    # Only the 1 s pair: no HEF of the 2 s build beside a config of the 1 s one.
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)
+    assert sorted(p.name for p in out.glob("*.hef")) == sorted(h.name for h in hefs.values())
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "no staging folder is left"
+
+
+def test_a_bundle_that_fails_halfway_leaves_the_old_one_untouched(tmp_path):
+    spec = resolve_spec("tiny", "hailo8l", 2, 8)
+    export, export_dir, hefs = _inputs(tmp_path, spec)
+    out = tmp_path / "bundle"
+    make_bundle(out, spec=spec, export=export, export_dir=export_dir, hefs=hefs, dfc_version="3.31.0",
+                rehearsal=False)
+    before = {p.name: sha256_file(p) for p in out.iterdir()}
+    (export_dir / "vocab.json").unlink()
+    hefs["encoder"].write_bytes(b"a new HEF")
+    try:
+        make_bundle(out, spec=spec, export=export, export_dir=export_dir, hefs=hefs, dfc_version="3.31.0",
+                    rehearsal=False)
+    except FileNotFoundError:
+        pass
+    else:
+        raise AssertionError("a missing host asset must fail the bundle")
+    assert {p.name: sha256_file(p) for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

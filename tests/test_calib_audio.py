@@ -87,3 +87,13 @@ def test_is_silent():
     assert is_silent(np.full(10, 5e-5, dtype=np.float32))
     assert is_silent(np.zeros(0, dtype=np.float32))
     assert not is_silent(np.array([0, 0.01], dtype=np.float32))
+
+
+def test_a_flac_whose_header_promises_samples_that_are_missing_is_skipped(formats_dir, tmp_path):
+    data = (formats_dir / "lossless.flac").read_bytes()
+    first_frame = data.find(b"\xff\xf8", 4)  # FLAC frame sync after the metadata blocks
+    (tmp_path / "header_only.flac").write_bytes(data[:first_frame])
+    assert soundfile.info(str(tmp_path / "header_only.flac")).frames > 0, "the header alone looks usable"
+    skip = probe(tmp_path, "header_only.flac")
+    assert isinstance(skip, Skip) and skip.reason.startswith("no audio after the header")
+    assert isinstance(probe(formats_dir, "lossless.flac"), AudioInfo)

@@ -288,3 +288,37 @@ def test_out_of_disk_and_registry_errors_name_the_fix():
     assert "Starting stage encoder-compile failed: no space left" in str(docker_engine._run_error(err, cmd))
     other = docker.errors.APIError("500", explanation="something else")
     assert "Docker refused to run stage encoder-compile: something else" in str(docker_engine._run_error(other, cmd))
+
+
+class _Container:
+    def __init__(self, name, owner, stage="encoder-optimize"):
+        self.name, self.labels, self.calls = name, {docker_engine.LABEL_OWNER: owner,
+                                                   docker_engine.LABEL_STAGE: stage}, []
+
+    def stop(self, timeout):
+        self.calls.append(("stop", timeout))
+
+    def remove(self, force):
+        self.calls.append(("remove", force))
+
+
+def test_containers_of_a_dead_build_are_stopped_before_the_next_build_locks(tmp_path):
+    import socket
+
+    host = socket.gethostname()
+    dead, live, elsewhere = (_Container("a", f"111@{host}"), _Container("b", f"222@{host}"),
+                             _Container("c", "111@another-host"))
+    asked = {}
+
+    class Client:
+        class containers:
+            @staticmethod
+            def list(all, filters):
+                asked.update(filters)
+                return [dead, live, elsewhere]
+
+    stopped = docker_engine.stop_orphan_containers(Client, tmp_path / "build", is_running=lambda pid: pid == 222)
+    assert asked == {"label": f"{docker_engine.LABEL_BUILD_DIR}={tmp_path / 'build'}"}
+    assert stopped == ["a (encoder-optimize)"]
+    assert dead.calls == [("stop", docker_engine.STOP_GRACE_S), ("remove", True)]
+    assert live.calls == [] and elsewhere.calls == []

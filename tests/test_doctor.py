@@ -87,6 +87,7 @@ def probes(**overrides) -> Probes:
         docker_client=FakeDocker,
         read_gpus=lambda: NO_GPU,
         free_disk_bytes=lambda path: 78 * GIB,
+        write_problem=lambda path: None,
         available_memory_bytes=lambda: 23 * GIB,
         find_spec=no_spec,
         dist_version=lambda name: pytest.fail("dist_version without hailo_sdk_client"),
@@ -358,3 +359,39 @@ def test_invoke_doctor_rejects_an_unknown_arch():
                           text=True, timeout=60)
     assert done.returncode == 2
     assert "error: Unknown Hailo architecture 'hailo9'. Choose one of: hailo8, hailo8l, hailo10h." in done.stderr
+
+
+def test_minimums_can_be_lowered_for_small_builds(vendor, tmp_path):
+    put_wheel(vendor)
+    report = run_doctor("hailo8l", vendor_dir=vendor, build_dir=tmp_path, cpu=True, min_free_disk_gib=10,
+                        min_memory_gib=4, probes=probes(free_disk_bytes=lambda p: 12 * GIB,
+                                                        available_memory_bytes=lambda: 7.5 * GIB))
+    assert statuses(report)["free disk"] == OK and statuses(report)["memory"] == OK
+
+
+def test_a_read_only_build_directory_is_named_as_such_not_as_zero_free_disk(vendor, tmp_path):
+    put_wheel(vendor)
+    report = run_doctor("hailo8l", vendor_dir=vendor, build_dir=tmp_path / "b", cpu=True,
+                        probes=probes(free_disk_bytes=lambda p: 0,
+                                      write_problem=lambda p: f"{tmp_path} is on a read-only filesystem"))
+    assert blocker_names(report) == ["build directory"]
+    assert report.blockers[0].detail == f"{tmp_path} is on a read-only filesystem"
+    assert "GiB" not in report.blockers[0].detail and "writable filesystem" in report.blockers[0].fix
+
+
+def test_the_real_write_probe_sees_a_read_only_mount(tmp_path):
+    import os
+    import subprocess
+
+    from pipeline.host.doctor import _write_problem
+
+    assert _write_problem(tmp_path / "new" / "build") is None
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        assert _write_problem(mount / "build") == f"{mount} is on a read-only filesystem"
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)

@@ -482,3 +482,9 @@ def test_invoke_gpu_check_defaults_to_the_wheel_in_vendor(tmp_path):
     assert "dfc-cuda11" in hailo10h.stdout and ": JIT: " in hailo10h.stdout and "(DFC 5.0.0)" in hailo10h.stdout
     missing = _gpu_check(*h100, "--vendor", str(tmp_path / "none"))
     assert missing.returncode == 2 and "No DFC 3.x wheel in" in missing.stderr
+
+
+def test_check_card_refuses_a_driver_that_is_not_a_version():
+    with pytest.raises(ToolchainError, match="Driver version 'banana' is not a version number"):
+        check_card("NVIDIA A100-SXM4-80GB", "8.0", "3.33.1", driver="banana")
+    assert check_card("NVIDIA A100-SXM4-80GB", "8.0", "3.33.1", driver="535.104.05")[1].supported

@@ -54,3 +54,31 @@ def test_preflight_refuses_a_calib_size_below_the_scripts_needs(tmp_path, monkey
     needed = resolve_model_script("tiny", "hailo8l", "encoder", "quick").needs.entries
     with pytest.raises(ToolchainError, match=f"--calib-size 3 is below the {needed} entries"):
         preflight(options, options.spec, Layout(options.build_dir))
+
+
+def test_an_unreachable_download_stops_the_build_before_the_export_naming_calib_dir(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(DFC_DOUBLE))
+
+    def offline(url):
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    options = BuildOptions(calib_download=True, cpu=True, no_docker=True, out=tmp_path / "out",
+                           vendor_dir=tmp_path / "vendor", download_probe=offline)
+    with pytest.raises(ToolchainError) as err:
+        preflight(options, options.spec, Layout(options.build_dir))
+    text = str(err.value)
+    assert "openslr.org" in text and "cannot be reached" in text
+    assert "--calib DIR" in text and "make hef CALIB=DIR" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_each_blocker_is_listed_once(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(DFC_DOUBLE))
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()  # neither encoder.alls nor decoder.alls: the same problem for both models
+    options = BuildOptions(calib_dir=tmp_path / "none", model_script=scripts, cpu=True, no_docker=True,
+                           out=tmp_path / "out", vendor_dir=tmp_path / "vendor")
+    with pytest.raises(ToolchainError) as err:
+        preflight(options, options.spec, Layout(options.build_dir))
+    lines = [line for line in str(err.value).splitlines() if line.startswith("  - ")]
+    assert len(lines) == len(set(lines))

@@ -26,7 +26,13 @@ def test_names_carry_variant_and_lengths():
     spec = resolve_spec("tiny.en", "hailo8", seconds=2.5, seq_len=16)
     assert spec.encoder_net_name == "whisper_tiny_en_encoder_2p5s"
     assert spec.decoder_net_name == "whisper_tiny_en_decoder_2p5s_seq16"
-    assert spec.build_name == "tiny.en-hailo8"
+    assert spec.build_name == "tiny.en-hailo8-2.5s-seq16"
+
+
+def test_the_default_build_folder_names_only_lengths_that_differ_from_the_variants_defaults():
+    assert resolve_spec("tiny", "hailo8l").build_name == "tiny-hailo8l"
+    assert resolve_spec("tiny", "hailo8l", seconds=8).build_name == "tiny-hailo8l-8s"
+    assert resolve_spec("base", "hailo8", seq_len=16).build_name == "base-hailo8-seq16"
 
 
 def test_every_arch_names_a_dfc_series_and_every_known_release_an_image():

@@ -150,3 +150,8 @@ def test_capture_console_tees_python_native_and_child_output(tmp_path, capfd):
     assert "[info] from python" in console.out and "from native stderr" in console.err
     print("after capture")  # descriptors are restored
     assert "after capture" not in log.read_text()
+
+
+def test_saved_hars_name_the_final_file_not_the_temporary_one():
+    summary = timeline.parse_log("Saved HAR to: /b/dfc/encoder/.net_optimized.partial-4242.har\n")["summary"]
+    assert summary["saved_hars"] == ["/b/dfc/encoder/net_optimized.har"]

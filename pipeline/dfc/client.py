@@ -68,14 +68,20 @@ def _import_client(arch: str = "hailo8l"):
 def installed_dfc_version(arch: str = "hailo8l") -> str:
     """Version of the installed DFC, e.g. '3.31.0' (or '3.31.0+testdouble' for the test double).
 
-    The wheel's metadata first; a DFC on sys.path without metadata reports hailo_sdk_client.__version__.
+    The wheel's metadata when that wheel holds the hailo_sdk_client that imports here; otherwise
+    (a DFC on sys.path ahead of an installed wheel, or none installed) the module's __version__.
     """
-    from importlib import metadata
+    from importlib import metadata, util
 
     try:
-        return metadata.version(DFC_DISTRIBUTION)
+        dist = metadata.distribution(DFC_DISTRIBUTION)
     except metadata.PackageNotFoundError:
-        pass
+        dist = None
+    if dist is not None:
+        spec = util.find_spec("hailo_sdk_client")
+        wheel_module = Path(dist.locate_file("hailo_sdk_client/__init__.py")).resolve()
+        if spec is None or spec.origin is None or Path(spec.origin).resolve() == wheel_module:
+            return dist.version
     client = _import_client(arch)
     version = getattr(client, "__version__", None)
     if not version:

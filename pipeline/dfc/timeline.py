@@ -41,6 +41,8 @@ import threading
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
+from pipeline.files import final_path_for
+
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _LEVEL = re.compile(r"^\s*\[(?P<level>info|warning|error|critical|debug)\]\s?(?P<msg>.*)$", re.I)
 
@@ -231,7 +233,8 @@ def parse_log(text: str) -> dict:
             }
             utilization_context = None
         elif m := _SAVED_HAR.match(msg):
-            summary["saved_hars"].append(m["path"])
+            # The DFC saves to our temporary name; report the file it is renamed to.
+            summary["saved_hars"].append(str(final_path_for(m["path"])))
         elif _CPU_FALLBACK.search(msg):
             summary["device"] = "cpu"
     for event in open_algorithms.values():

@@ -18,7 +18,13 @@ report are host-side file work and run in this process.
 
 Each stage is keyed by `pipeline.host.stage_cache` (input hashes, parameters, model script, the tool
 that runs it); a rerun skips what is up to date, and a killed run resumes at the stage that did
-not finish, because records are only written after a stage's outputs are in place.
+not finish, because records are only written after a stage's outputs are in place. A stage that
+reruns removes the outputs of its previous run that it did not write again (another input length
+names its files differently), so no file of older settings ships.
+
+The build owns its stage (`pipeline.host.stop_signals`): Ctrl-C, SIGTERM and SIGHUP stop it and
+release the lock; after a SIGKILL, the next build first stops the containers the dead one left,
+then takes the lock, then removes the dead run's partial files.
 """
 
 from __future__ import annotations
@@ -34,9 +40,11 @@ from calib.config import DecoderSetConfig, DownloadConfig, EncoderSetConfig
 from pipeline.dfc.compile import CompileConfig
 from pipeline.dfc.optimize import OptimizeConfig
 from pipeline.dfc.parse import ParseConfig
+from pipeline.errors import ToolchainError, filesystem_errors
 from pipeline.export.export import ExportConfig
 from pipeline.export.meta import read_export_json
 from pipeline.host.build_gate import run_gate
+from pipeline.files import remove_partial_files
 from pipeline.host.build_lock import BuildLock
 from pipeline.host.build_options import BuildOptions, BuildResult, StageOutcome
 from pipeline.host.bundle import BUNDLE_FORMAT, bundle_files, make_bundle
@@ -46,7 +54,7 @@ from pipeline.host.preflight import (Preflight, Tool, audio_files, calibration_e
                                      preflight, resolve_tools, resolved_script)
 from pipeline.host.stage_cache import STAGE_ORDER, StageCache, StageInputs, StageRecord, files_under, resolve_force
 from pipeline.host.stage_runner import BuildConsole, StageRunner
-from pipeline.errors import ToolchainError
+from pipeline.host.stop_signals import stop_on_signals
 from pipeline.layout import REPO_ROOT, Layout
 from pipeline.tables import MODELS, BuildSpec
 
@@ -160,12 +168,21 @@ class _Builder:
             self.outcomes.append(StageOutcome(name, "up to date", time.monotonic() - started, record, started_at))
             return record
         self.ui.running(name)
+        previous = self.cache.load(name)
         run()
         duration = time.monotonic() - started
         record = self.cache.save(name, key, described, outputs(), duration, context)
+        if previous is not None:
+            self.remove_stale(previous, record)
         self.ui.done(name, duration)
         self.outcomes.append(StageOutcome(name, "ran", duration, record, started_at))
         return record
+
+    def remove_stale(self, previous: StageRecord, record: StageRecord) -> None:
+        """Delete what the stage's previous run wrote and this run did not (e.g. the HEFs of another
+        input length): a rerun owns its outputs."""
+        for rel in set(previous.outputs) - set(record.outputs):
+            (self.layout.root / rel).unlink(missing_ok=True)
 
     # the stages ---------------------------------------------------------------------------------
 
@@ -371,7 +388,23 @@ def _optimize_and_compile(builder: _Builder, models: Sequence[str], gate: Callab
 
 
 def run_build(options: BuildOptions, *, console=None, doctor_probes=None) -> BuildResult:
-    """Run (or resume) the build described by `options`; see the module docstring."""
+    """Run (or resume) the build described by `options`; see the module docstring.
+
+    Raises ToolchainError (also for read-only, permission, full-disk and quota errors, with the
+    path), KeyboardInterrupt, or BuildStopped (SIGTERM/SIGHUP) after the stage was stopped."""
+    with stop_on_signals(), filesystem_errors(where=str(options.build_dir)):
+        return _run_build(options, console, doctor_probes)
+
+
+def stop_orphan_stages(layout: Layout, ui: BuildConsole) -> None:
+    """Docker mode, before the lock: stop and remove containers a killed build left in this folder."""
+    from pipeline.host.docker_engine import connect, stop_orphan_containers  # Docker mode only
+
+    for name in stop_orphan_containers(connect(), layout.root):
+        ui.warn(f"Stopped and removed container {name}: a build of {layout.root} that no longer runs left it.")
+
+
+def _run_build(options: BuildOptions, console, doctor_probes) -> BuildResult:
     started = time.monotonic()
     spec = options.spec
     layout = Layout(options.build_dir)
@@ -381,7 +414,12 @@ def run_build(options: BuildOptions, *, console=None, doctor_probes=None) -> Bui
     pre = preflight(options, spec, layout, doctor_probes)
     for w in pre.warnings:
         ui.warn(w)
+    if not options.no_docker:
+        stop_orphan_stages(layout, ui)
     with BuildLock(layout.root, warn=ui.warn):
+        removed = remove_partial_files(layout.root)
+        if removed:
+            ui.warn(f"Removed {len(removed)} partial file(s) of an interrupted run, e.g. {removed[0]}.")
         cache = StageCache(layout.root)
         forced = resolve_force(options.force)
         if forced:

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
-from pipeline.errors import ToolchainError
+from pipeline.errors import ToolchainError, filesystem_errors
 from pipeline.files import temp_path_for
 
 LOCK_NAME = "build.lock"
@@ -76,6 +76,10 @@ class BuildLock:
         self.holder: Optional[LockHolder] = None
 
     def acquire(self) -> LockHolder:
+        with filesystem_errors("Taking the build lock"):
+            return self._acquire()
+
+    def _acquire(self) -> LockHolder:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = LockHolder.current()
         for _attempt in range(3):
@@ -115,6 +119,8 @@ class BuildLock:
             os.link(tmp, self.path)
             return True
         except FileExistsError:
+            return False
+        except FileNotFoundError:  # the holder's partial-file cleanup took our temp file: try again
             return False
         finally:
             with contextlib.suppress(FileNotFoundError):

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 from pipeline.errors import ToolchainError
-from pipeline.host.stage_cache import StageRecord, resolve_force
+from pipeline.host.stage_cache import STAGE_ORDER, StageRecord, resolve_force
+from pipeline.host.watchdog import MINUTE, STALL_LIMITS_S
 from pipeline.tables import DECODER_TARGETS, DEFAULT_ARCH, DEFAULT_VARIANT, PROFILES, BuildSpec, dfc_models, resolve_spec
 
 
@@ -48,8 +50,27 @@ class BuildOptions:
     # (test double, tiny model, quick profile) needs far less.
     min_free_disk_gib: Optional[float] = None
     min_memory_gib: Optional[float] = None
+    download_probe: Callable[[str], None] = field(default=None, repr=False)  # raises OSError: unreachable
 
     def __post_init__(self):
+        if self.download_probe is None:
+            object.__setattr__(self, "download_probe", reach_url)
+        # Every path resolved once, here: stages run with another working directory (a container
+        # mounts host paths at the same absolute place), so a relative path must not reach them.
+        for name in ("calib_dir", "model_script", "out", "vendor_dir", "wheelhouse"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value).expanduser().resolve())
+        if self.model and looks_like_path(self.model):
+            object.__setattr__(self, "model", str(Path(self.model).expanduser().resolve()))
+        for flag, value in (("--min-free-gb", self.min_free_disk_gib), ("--min-memory-gb", self.min_memory_gib)):
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ToolchainError(f"{flag} {value!r} is not a number of GiB >= 0.", f"Pass e.g. {flag} 30.")
+        for stage, seconds in self.stall_timeouts.items():
+            check_stall_stage(stage)
+            if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+                raise ToolchainError(f"Stall limit {seconds!r} s for {stage!r} is not a positive number.",
+                                     "Pass --stall-limit STAGE=MINUTES with MINUTES > 0, e.g. optimize=90.")
         if self.profile not in PROFILES:
             raise ToolchainError(f"Unknown profile {self.profile!r}.", f"Choose one of: {', '.join(PROFILES)}.")
         if self.calib_dir is not None and self.calib_download:
@@ -89,7 +110,66 @@ class BuildOptions:
 
     @property
     def build_dir(self) -> Path:
-        return (Path(self.out) if self.out else Path("build") / self.spec.build_name).absolute()
+        return Path(self.out) if self.out else (Path("build") / self.spec.build_name).resolve()
+
+
+def reach_url(url: str, timeout_s: float = 15.0) -> None:
+    """Raise OSError unless `url`'s server answers (a HEAD request; any HTTP status counts)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return  # the server answered
+    except urllib.error.URLError as err:
+        raise OSError(str(err.reason)) from None
+
+
+def looks_like_path(model: str) -> bool:
+    """A --model that names a local folder (not a Hugging Face id)."""
+    return model.startswith((".", "/", "~")) or Path(model).exists()
+
+
+# What --stall-limit accepts: a launched stage's name, or a kind (the last word of stage names).
+STALL_STAGES = tuple(s for s in STAGE_ORDER if s not in ("bundle", "report")) + ("calib-download",)
+STALL_KINDS = tuple(STALL_LIMITS_S) + ("download",)
+
+
+def check_stall_stage(stage: str) -> None:
+    if stage not in STALL_STAGES and stage not in STALL_KINDS:
+        raise ToolchainError(f"--stall-limit names {stage!r}, which is not a stage.",
+                             f"Use a stage ({', '.join(STALL_STAGES)}) or a kind ({', '.join(STALL_KINDS)}).")
+
+
+def parse_number(flag: str, text, kind: type = float):
+    """A numeric flag's value, or a ToolchainError naming the flag and the text."""
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise ToolchainError(f"{flag} {text!r} is not {'an integer' if kind is int else 'a number'}.",
+                             f"Pass e.g. {flag} {'32' if kind is int else '10'}.") from None
+    if kind is float and not math.isfinite(value):
+        raise ToolchainError(f"{flag} {text!r} is not a finite number.", f"Pass e.g. {flag} 10.")
+    return value
+
+
+def parse_stall_limits(values: Iterable[str]) -> dict[str, float]:
+    """`--stall-limit STAGE=MINUTES` values (stage or kind) -> {stage: seconds}."""
+    limits = {}
+    for text in values:
+        stage, sep, minutes = str(text).partition("=")
+        if not sep:
+            raise ToolchainError(f"--stall-limit {text!r} is not STAGE=MINUTES.",
+                                 "Pass e.g. --stall-limit optimize=90 or --stall-limit encoder-compile=120.")
+        stage = stage.strip()
+        check_stall_stage(stage)
+        value = parse_number(f"--stall-limit {stage}=", minutes.strip())
+        if value <= 0:
+            raise ToolchainError(f"--stall-limit {text!r}: minutes must be positive.",
+                                 f"Pass e.g. --stall-limit {stage}=90.")
+        limits[stage] = value * MINUTE
+    return limits
 
 
 @dataclass(frozen=True)

@@ -21,17 +21,20 @@ no host embedding files; it carries the export's cached decoder instead:
 <decoder>_cached_{cross,step}.onnx (float32), <decoder>_cached_{cross,step}_int8.onnx and
 encoder_padding_<s>s.npy, driven by pipeline/export/cached_greedy.py.
 
-Every file is copied or written atomically; `bundle_files()` lists what a complete bundle holds,
-so the stage cache can check it.
+The bundle is written whole into a hidden temporary folder beside it and swapped in by rename, so
+`bundle/` never mixes files of two builds (HEFs of another input length, a config of the new one),
+also when the bundle step fails halfway. `bundle_files()` lists what a complete bundle holds, so
+the stage cache can check it.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from pipeline.files import atomic_path, write_json_atomic, write_text_atomic
+from pipeline.files import write_json_atomic, write_text_atomic
 from pipeline.tables import (
     DECODER_VOCAB_SPLITS,
     FRAMES_PER_SECOND,
@@ -94,9 +97,13 @@ def bundle_files(bundle_dir: Path, export: Mapping[str, Any], decoder: str = "ha
     return [Path(bundle_dir) / n for n in names]
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
+def _swap_in(new: Path, target: Path) -> None:
+    """Put the finished folder `new` at `target`, replacing what was there."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def cpu_decoder_config(export: Mapping[str, Any]) -> dict:
@@ -282,15 +289,21 @@ ONNX Runtime; no torch): `python -m pipeline.host.transcriber --model . --backen
 def make_bundle(bundle_dir: Path, *, spec: BuildSpec, export: Mapping[str, Any], export_dir: Path,
                 hefs: Mapping[str, Path], dfc_version: Optional[str], rehearsal: bool,
                 decoder: str = "hailo") -> list[Path]:
-    """Write the bundle; returns its files (the same list as `bundle_files`)."""
+    """Write the bundle (whole, then swapped in); returns its files (the same list as `bundle_files`)."""
     bundle_dir = Path(bundle_dir)
-    bundle_dir.mkdir(parents=True, exist_ok=True)
-    for path in hefs.values():
-        _copy_atomic(Path(path), bundle_dir / Path(path).name)
-    for target, source in _copied_names(export, decoder).items():
-        (bundle_dir / target).parent.mkdir(parents=True, exist_ok=True)
-        _copy_atomic(Path(export_dir) / source, bundle_dir / target)
-    config = make_config(spec, export, hefs, dfc_version, rehearsal, decoder)
-    write_json_atomic(bundle_dir / CONFIG_NAME, config)
-    write_text_atomic(bundle_dir / README_NAME, render_readme(config))
+    staging = bundle_dir.with_name(f".{bundle_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        for path in hefs.values():
+            shutil.copyfile(Path(path), staging / Path(path).name)
+        for target, source in _copied_names(export, decoder).items():
+            (staging / target).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(export_dir) / source, staging / target)
+        config = make_config(spec, export, hefs, dfc_version, rehearsal, decoder)
+        write_json_atomic(staging / CONFIG_NAME, config)
+        write_text_atomic(staging / README_NAME, render_readme(config))
+        _swap_in(staging, bundle_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return bundle_files(bundle_dir, export, decoder)

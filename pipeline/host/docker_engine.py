@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import tarfile
+import socket
 import tempfile
 import threading
 import uuid
@@ -33,6 +34,7 @@ import docker.errors
 from docker.types import DeviceRequest, Mount
 
 from pipeline.errors import ToolchainError
+from pipeline.host.build_lock import LOCK_NAME, pid_is_running
 from pipeline.host.base_pins import LOCK_PATH, OVERRIDE, pin_base
 from pipeline.host.code_closure import STAGE_ENTRY_MODULES, module_closure
 from pipeline.host.stage_command import CUDA_CACHE_MAXSIZE, StageCommand, stage_environment, stage_watchdog
@@ -64,6 +66,10 @@ _SKIPPED_SUFFIXES = (".pyc", ".pyo")
 LABEL_STAGE = "whisper-hailo.stage"
 LABEL_BUILD_DIR = "whisper-hailo.build-dir"
 LABEL_INPUTS = "whisper-hailo.inputs"
+# The build that started a stage container ("pid@host") and the lock it held: a build SIGKILLed
+# or OOM-killed cannot stop its container, so the next build in that folder does (before locking).
+LABEL_OWNER = "whisper-hailo.owner"
+LABEL_LOCK = "whisper-hailo.lock"
 
 # CUDA's JIT cache in DFC containers: the first run on a card without native code JIT-compiles PTX
 # (minutes); later containers reuse it. A host folder per image when the StageCommand names one
@@ -409,7 +415,8 @@ def run_stage_container(
             # Load (and JIT-compile) a kernel module when first used instead of all at context
             # creation; CUDA >= 11.7. Effect on the DFC not measured (no DFC or TF on a GPU here).
             env.setdefault("CUDA_MODULE_LOADING", "LAZY")
-    labels = {LABEL_STAGE: cmd.name, LABEL_BUILD_DIR: str(cmd.build_dir)}
+    labels = {LABEL_STAGE: cmd.name, LABEL_BUILD_DIR: str(cmd.build_dir),
+              LABEL_OWNER: f"{os.getpid()}@{socket.gethostname()}", LABEL_LOCK: str(cmd.build_dir / LOCK_NAME)}
     name = f"whisper-hailo-{_safe_name(cmd.name)}-{uuid.uuid4().hex[:8]}"
     devices = gpu_requests(cmd.gpu_device_ids) if is_dfc else []
     log.note(f"container {name} from {image_tag}: {' '.join(cmd.argv)}"
@@ -446,9 +453,13 @@ def run_stage_container(
         ) from None
     except docker.errors.APIError as err:
         raise _run_error(err, cmd) from None
+    except BaseException:  # Ctrl-C, SIGTERM/SIGHUP (BuildStopped): SIGTERM first, SIGKILL after the grace
+        if container is not None:
+            _stop(container)
+        raise
     finally:
         if container is not None:
-            with contextlib.suppress(docker.errors.NotFound):
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 container.remove(force=True)
 
 
@@ -489,3 +500,24 @@ def stage_containers(client: docker.DockerClient, stage_name: Optional[str] = No
     """Containers (running or not) that carry our stage label, optionally for one stage."""
     label = f"{LABEL_STAGE}={stage_name}" if stage_name else LABEL_STAGE
     return client.containers.list(all=True, filters={"label": label})
+
+
+def stop_orphan_containers(client: docker.DockerClient, build_dir: Path,
+                           is_running=pid_is_running) -> list[str]:
+    """Stop and remove the stage containers of `build_dir` whose build is gone (SIGKILL, OOM, a
+    crash): their owner pid no longer runs on this host. Returns their names.
+
+    Containers of a live build are left alone (its lock refuses the new build), as are those
+    started from another host, whose pid means nothing here.
+    """
+    found = client.containers.list(all=True, filters={"label": f"{LABEL_BUILD_DIR}={Path(build_dir).absolute()}"})
+    stopped = []
+    for container in found:
+        pid, _, host = container.labels.get(LABEL_OWNER, "").partition("@")
+        if host != socket.gethostname() or not pid.isdigit() or is_running(int(pid)):
+            continue
+        _stop(container)
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            container.remove(force=True)
+        stopped.append(f"{container.name} ({container.labels.get(LABEL_STAGE, 'stage')})")
+    return stopped

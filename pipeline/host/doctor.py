@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,12 +54,29 @@ def _available_memory_bytes() -> int:
     raise OSError("/proc/meminfo has no MemAvailable line")
 
 
-def _free_disk_bytes(path: Path) -> int:
-    """Free bytes on the filesystem that holds `path` (or its nearest existing parent)."""
+def _existing_parent(path: Path) -> Path:
     path = Path(path).absolute()
     while not path.exists():
         path = path.parent
-    return shutil.disk_usage(path).free
+    return path
+
+
+def _free_disk_bytes(path: Path) -> int:
+    """Free bytes on the filesystem that holds `path` (or its nearest existing parent)."""
+    return shutil.disk_usage(_existing_parent(path)).free
+
+
+def _write_problem(path: Path) -> Optional[str]:
+    """Why the build could not write `path` (read-only filesystem, no permission), or None.
+
+    Asked before the free-space check: a read-only mount reports 0 bytes free, which would send
+    the user hunting for disk space."""
+    where = _existing_parent(path)
+    if os.statvfs(where).f_flag & os.ST_RDONLY:
+        return f"{where} is on a read-only filesystem"
+    if not os.access(where, os.W_OK | os.X_OK):
+        return f"{where} is not writable by this user (uid {os.getuid()})"
+    return None
 
 
 @dataclass(frozen=True)
@@ -68,6 +86,7 @@ class Probes:
     docker_client: Callable[[], Any] = _docker_client  # returns an object with .ping() and .info()
     read_gpus: Callable[[], GpuInventory] = read_gpus
     free_disk_bytes: Callable[[Path], int] = _free_disk_bytes
+    write_problem: Callable[[Path], Optional[str]] = _write_problem
     available_memory_bytes: Callable[[], int] = _available_memory_bytes
     find_spec: Callable[[str], Any] = importlib.util.find_spec
     dist_version: Callable[[str], str] = importlib.metadata.version
@@ -329,17 +348,29 @@ def _minimum_check(name: str, read, minimum_gib: float, what: str, fix: str) -> 
     except OSError as err:
         return Check(name, WARN, f"could not read the {name}: {err}")
     status = OK if value >= minimum_gib * GIB else BLOCKER
-    return Check(name, status, f"{value / GIB:.1f} GiB {what} (need {minimum_gib} GiB)",
+    return Check(name, status, f"{value / GIB:.1f} GiB {what} (need {minimum_gib:g} GiB)",
                  "" if status == OK else fix)
 
 
-def _resource_checks(build_dir: Path, probes: Probes, disk_gib: float, memory_gib: float) -> list[Check]:
+def _resource_checks(build_dir: Path, probes: Probes, min_free_disk_gib: float,
+                     min_memory_gib: float) -> list[Check]:
+    try:
+        problem = probes.write_problem(build_dir)
+    except OSError as err:
+        problem = f"{build_dir} cannot be checked: {err}"
+    if problem:
+        disk = Check("build directory", BLOCKER, problem,
+                     "Pass a build directory (--out / --build-dir) on a writable filesystem you own.")
+    else:
+        disk = _minimum_check("free disk", lambda: probes.free_disk_bytes(build_dir), min_free_disk_gib,
+                              f"free under {build_dir}",
+                              f"Free space or pass a build directory on a larger disk (need {min_free_disk_gib:g} "
+                              "GiB; --min-free-gb lowers the minimum at your own risk).")
     return [
-        _minimum_check("free disk", lambda: probes.free_disk_bytes(build_dir), disk_gib,
-                       f"free under {build_dir}",
-                       f"Free space or pass a build directory on a larger disk (need {disk_gib} GiB)."),
-        _minimum_check("memory", probes.available_memory_bytes, memory_gib, "available",
-                       f"Use a host with at least {memory_gib} GiB available RAM or stop other work."),
+        disk,
+        _minimum_check("memory", probes.available_memory_bytes, min_memory_gib, "available",
+                       f"Use a host with at least {min_memory_gib:g} GiB available RAM or stop other work "
+                       "(--min-memory-gb lowers the minimum at your own risk)."),
     ]
 
 

@@ -364,6 +364,10 @@ def check_card(name: str, compute, dfc_version: str, driver: Union[str, int, Non
     image = image_for_dfc(dfc_version)
     if not str(name).strip():
         raise ToolchainError("The GPU name is empty.", 'Pass the name NVML reports, e.g. --name "NVIDIA L4".')
+    if driver is not None and not re.fullmatch(r"\d+(\.\d+)*", str(driver).strip()):
+        raise ToolchainError(f"Driver version {driver!r} is not a version number.",
+                             "Pass the NVIDIA driver version as nvidia-smi shows it, e.g. --driver 535 or "
+                             "--driver 535.104.05, or leave --driver out.")
     gpu = Gpu(index=-1, uuid="", name=str(name).strip(), compute=parse_compute(compute),
               driver="" if driver is None else str(driver))
     return gpu, judge(gpu, image)

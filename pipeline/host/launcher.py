@@ -20,6 +20,7 @@ from pipeline.errors import ToolchainError
 from pipeline.host.stage_command import (CUDA_CACHE_MAXSIZE, StageCommand, StageRun, native_argv, stage_environment,
                                          stage_watchdog)
 from pipeline.host.stage_log import StageLog
+from pipeline.host.stop_signals import parent_death_signal
 from pipeline.host.watchdog import STOP_GRACE_S, StallWatchdog
 
 def run_stage(
@@ -43,8 +44,8 @@ def run_stage(
             f"Stage {cmd.name} printed nothing{' and its GPU kernel cache did not grow' if cmd.jit_cache_dir else ''} "
             f"for {cmd.stall_limit_s:.0f} s and was stopped (stall watchdog). Last log lines:\n{tail}\n",
             f"Full log: {cmd.log_path}. If the stage is just slow, raise its stall limit "
-            "(StageCommand.stall_timeout_s); if it hangs on a GPU, see the GPU advice from "
-            "`invoke doctor` or run with --cpu.",
+            f"(`invoke build --stall-limit {cmd.name}=MINUTES`); if it hangs on a GPU, see the GPU "
+            "advice from `invoke doctor` or run with --cpu.",
         )
     if result.exit_code != 0:
         raise ToolchainError(
@@ -119,6 +120,7 @@ def _run_native(cmd: StageCommand, log: StageLog, deadline_s: Optional[float]) -
         stdin=subprocess.DEVNULL,
         env=env,
         start_new_session=True,  # own process group: a stop reaches the stage's children too
+        preexec_fn=parent_death_signal(),  # a SIGKILLed or OOM-killed build takes its stage along
     )
 
     def stop() -> None:
@@ -132,7 +134,7 @@ def _run_native(cmd: StageCommand, log: StageLog, deadline_s: Optional[float]) -
                 reader.join(0.5)
             exit_code = proc.wait()
     finally:
-        if proc.poll() is None:  # Ctrl-C or an error in the launcher: leave nothing running
+        if proc.poll() is None:  # Ctrl-C, SIGTERM/SIGHUP or an error in the launcher: leave nothing running
             _stop_process_group(proc)
     stopped = "deadline" if watchdog.timed_out else "stall" if watchdog.stalled else None
     return exit_code, stopped, watchdog.grew

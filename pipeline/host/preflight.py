@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional
 
 from pipeline.dfc import model_scripts
 from pipeline.errors import ToolchainError
-from pipeline.host.build_options import BuildOptions
+from pipeline.host.build_options import BuildOptions, looks_like_path
 from pipeline.host.code_closure import code_fingerprint
 from pipeline.host.doctor import WARN, Probes, run_doctor
 from pipeline.host.stage_cache import files_under
@@ -124,10 +124,16 @@ def preflight(options: BuildOptions, spec: BuildSpec, layout: Layout, doctor_pro
     blockers = [f"{c.name}: {c.detail}" + (f" Fix: {c.fix}" if c.fix else "") for c in report.blockers]
     warnings = [f"{c.name}: {c.detail}" for c in report.checks if c.status == WARN]
 
-    if options.model and (options.model.startswith((".", "/", "~")) or Path(options.model).exists()):
-        if not Path(options.model).expanduser().is_dir():
+    if options.model and looks_like_path(options.model):
+        if not Path(options.model).is_dir():
             blockers.append(f"model: {options.model} is not a folder. Fix: pass a Hugging Face id "
                             "(e.g. openai/whisper-tiny) or a folder with a Whisper checkpoint.")
+        else:
+            blockers += unreadable_inputs("model", Path(options.model))
+    if options.calib_dir is not None and options.calib_dir.is_dir():
+        blockers += unreadable_inputs("calibration audio", options.calib_dir)
+    if options.calib_download and not audio_files(layout.download_dir):
+        blockers += download_unreachable(options.download_probe)
     if options.calib_dir is None and not options.calib_download:
         blockers.append("calibration audio: none given; the optimizer quantizes with real speech. Fix: pass "
                         "--calib DIR (a folder of speech recordings, e.g. LibriSpeech) or --calib-download.")
@@ -157,6 +163,7 @@ def preflight(options: BuildOptions, spec: BuildSpec, layout: Layout, doctor_pro
                 f"{needed}, or use a model script that needs fewer (--profile quick)."
             )
 
+    blockers = list(dict.fromkeys(blockers))  # each once, in the order found
     if blockers:
         raise ToolchainError(
             f"The build cannot start: {len(blockers)} blocker(s):\n" + "\n".join(f"  - {b}" for b in blockers),
@@ -175,6 +182,30 @@ def preflight(options: BuildOptions, spec: BuildSpec, layout: Layout, doctor_pro
         wheel_is_test_double=bool(wheel and wheel.is_test_double),
         warnings=tuple(warnings),
     )
+
+
+def unreadable_inputs(what: str, path: Path) -> list[str]:
+    """Blockers for files or folders under an input `path` this user cannot read (the stages would
+    fail on them after the export, or inside a container)."""
+    bad = [p for p in (path, *path.rglob("*")) if not os.access(p, os.R_OK | (os.X_OK if p.is_dir() else 0))]
+    if not bad:
+        return []
+    shown = ", ".join(str(p) for p in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    return [f"{what}: cannot read {shown} (uid {os.getuid()}). Fix: make it readable (`chmod -R a+rX`) "
+            "or pass a folder you can read."]
+
+
+def download_unreachable(probe) -> list[str]:
+    """--calib-download: a blocker when the LibriSpeech server cannot be reached, so the build stops
+    now instead of after the export."""
+    from calib.config import DEV_CLEAN_URL
+
+    try:
+        probe(DEV_CLEAN_URL)
+    except OSError as err:
+        return [f"calibration download: {DEV_CLEAN_URL} cannot be reached ({err}). Fix: check the network, "
+                "or pass a folder of speech recordings with --calib DIR (`make hef CALIB=DIR`)."]
+    return []
 
 
 def calibration_entries_needed(options: BuildOptions, spec: BuildSpec) -> int:

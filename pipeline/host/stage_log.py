@@ -4,6 +4,7 @@ error messages ("last log lines" + the log path)."""
 from __future__ import annotations
 
 import codecs
+import contextlib
 import collections
 import sys
 from pathlib import Path
@@ -34,7 +35,8 @@ class StageLog:
             self._tail.append(self._partial)
             self._partial = ""
         if self._file:
-            self._file.close()
+            with contextlib.suppress(OSError):
+                self._file.close()
             self._file = None
 
     def write(self, chunk) -> None:
@@ -42,8 +44,12 @@ class StageLog:
         if not text:
             return
         if self._file:
-            self._file.write(text)
-            self._file.flush()
+            try:
+                self._file.write(text)
+                self._file.flush()
+            except OSError as err:  # a full or read-only disk: keep pumping (the stage must not block)
+                self._file = None
+                self._tail.append(f"[whisper-hailo] the log {self.path} could not be written: {err}")
         self.console.write(text)
         self.console.flush()
         lines = (self._partial + text).split("\n")
