@@ -334,7 +334,7 @@ def test_native_build_with_the_decoder_on_the_cpu(tmp_path, monkeypatch, random_
     base = BuildOptions(
         variant="tiny", arch="hailo8l", seconds=SECONDS, seq_len=SEQ_LEN, model=str(random_whisper_dir("tiny")),
         calib_dir=speech_dir, profile="quick", cpu=True, no_docker=True, out=tmp_path / "build",
-        vendor_dir=tmp_path / "vendor", stage_env={"PYTHONPATH": str(DFC_DOUBLE)}, decoder="cpu",
+        vendor_dir=tmp_path / "vendor", stage_env={"PYTHONPATH": str(DFC_DOUBLE)}, decoder="cpu", **LOW_MINIMUMS,
     )
     from pipeline.host.doctor import Probes
 

