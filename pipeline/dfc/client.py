@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from pipeline.errors import ToolchainError, run_cli
+from pipeline.errors import ToolchainError, filesystem_error, run_cli
 from pipeline.dfc import layer_roles
 from pipeline.files import atomic_path, sha256_file, write_bytes_atomic, write_json_atomic, write_text_atomic
 from pipeline.dfc.inputs import NetworkExport, check_calibration, check_onnx_file, load_calibration
@@ -202,6 +202,14 @@ def _dfc_call(step: str, fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except ToolchainError:
         raise
+    except OSError as err:
+        # A full disk or a read-only folder under save_har is the host's problem, not the DFC's:
+        # name the path and that fix (pipeline.errors), not "fix the input".
+        translated = filesystem_error(err, step)
+        if translated is None:
+            raise ToolchainError(f"The DFC failed during {step}: {type(err).__name__}: {err}.",
+                                 "The DFC output above (and the stage log) says more.") from err
+        raise translated from err
     except Exception as err:
         raise ToolchainError(
             f"The DFC failed during {step}: {type(err).__name__}: {err}.",
