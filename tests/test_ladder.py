@@ -116,8 +116,26 @@ def test_quantization_changes_the_transcripts_and_16_bit_everywhere_narrows_the_
     q8, q16 = bits8.row("quantized"), bits16.row("quantized")
     assert q8.wer != bits8.row("onnx").wer  # a real change, not a copy of the float network
     assert q8.changed_vs_onnx > 0
-    assert q16.changed_vs_onnx < q8.changed_vs_onnx
+    # On a few utterances 8 bits may change a single word, so the transcripts alone cannot show a
+    # strict gain; they must not get worse, and the encoder's states must get measurably closer.
+    assert q16.changed_vs_onnx <= q8.changed_vs_onnx
     assert abs(q16.wer_diff_to_onnx) <= abs(q8.wer_diff_to_onnx)
+    assert _encoder_error(tiny_en_build_16_bit) < _encoder_error(tiny_en_build) / 10
+
+
+def _encoder_error(build: Path) -> float:
+    """Relative RMS error of the quantized encoder's states against the native (float) emulator,
+    on two entries of the build's own calibration set (NHWC, as the DFC takes them)."""
+    import numpy as np
+
+    from pipeline.dfc.client import Emulator
+
+    sample = np.load(build / "calib" / "encoder_calib.npy", mmap_mode="r")[:2].copy()
+    folder = build / "dfc" / "encoder"
+    parsed = next(p for p in folder.glob("*.har") if not p.stem.endswith(("_optimized", "_compiled")))
+    native = Emulator(parsed, "native").run(sample)
+    quantized = Emulator(next(folder.glob("*_optimized.har")), "quantized").run(sample)
+    return float(np.sqrt(np.mean((quantized - native) ** 2)) / np.sqrt(np.mean(native ** 2)))
 
 
 def test_the_bundle_transcribes_like_onnx_greedy_on_the_export(tiny_en_build, eval_set):
