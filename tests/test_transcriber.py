@@ -33,9 +33,9 @@ def expected_tokens(tiny_export_dir, mels):
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tiny_export_dir, tmp_path_factory):
+def bundle_dir(tiny_export_dir, module_tmp):
     meta = json.loads((tiny_export_dir / "export.json").read_text())
-    folder = tmp_path_factory.mktemp("bundle-src")
+    folder = module_tmp("bundle-src")
     hefs = {}
     for model in ("encoder", "decoder"):
         hefs[model] = folder / f"{meta[model]['net_name']}.hef"
