@@ -91,7 +91,7 @@ class DecoderSetConfig:
     workers: Optional[int] = None  # concurrent samples (None: every available core)
     progress: bool = True
     token_decoder: str = "cached"  # "cached": the export's KV-cache decoder, batched; "fixed": the Hailo decoder ONNX
-    chunk: Optional[int] = None  # samples decoded as one batch (None: calib.decoder_set.CHUNK_PER_WORKER x workers)
+    chunk: Optional[int] = None  # samples one thread decodes as a batch, cached decoder (None: calib.decoder_set.decode_batch_size)
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,7 +105,7 @@ class DecoderSetConfig:
         parser.add_argument("--token-decoder", choices=("cached", "fixed"), default="cached",
                             help="greedy tokens from the export's KV-cache decoder, batched (default), or from the "
                                  "fixed-length Hailo decoder ONNX, one run per token (same tokens, several times slower)")
-        parser.add_argument("--chunk", type=int, default=None, help="samples decoded as one batch (default: 16 per worker)")
+        parser.add_argument("--chunk", type=int, default=None, help="samples one thread decodes as one batch with the cached decoder (default: up to 64, fewer where the cross-attention caches would pass 512 MiB per thread)")
         parser.add_argument("--no-progress", action="store_true")
 
     @classmethod

@@ -3,10 +3,9 @@
 The host-side decoder: encoder states (from the encoder ONNX, or the encoder HEF on a Hailo
 device) -> generated tokens. The cross graph computes the cross-attention keys/values once per
 utterance; the step graph takes one token per row and the caches (the prompt too, token by
-token). Rows that reached
-end-of-text are dropped from the batch once half of them are done (gathering the caches costs a
-copy, so not after every row). Used by the calibration stage, the export parity check and the
-host transcriber; nothing here imports torch or transformers.
+token). A row that reached end-of-text leaves the batch at once (drop_finished_rows moves only
+the rows that finished). Used by the calibration stage, the export parity check and the host
+transcriber; nothing here imports torch or transformers.
 
 `export_meta` is the parsed export.json (pipeline.export.meta); its "cached_decoder" entry names
 the graphs, the cache tensors and the encoder padding asset (pipeline/export/cached_export.py).
@@ -92,6 +91,24 @@ def step(decoder: CachedDecoder, tokens: np.ndarray, caches: dict) -> tuple[np.n
     return outputs[0], {**caches, **dict(zip(decoder.self_cache, outputs[1:]))}
 
 
+def drop_finished_rows(alive: np.ndarray, *arrays_and_caches):
+    """Keep the batch rows where `alive`, in place: each finished row among the first n_alive takes a
+    live row from behind them, and every array becomes a view of its first n_alive rows. Moves
+    only as many rows as finished (the cross caches are MBs per row; a gather of the live rows
+    would copy all of them every time). Arguments: arrays [B, ...] or dicts of them; returned in
+    the same order, the row order changed the same way in all."""
+    kept = int(alive.sum())
+    holes = np.flatnonzero(~alive[:kept])
+    movers = kept + np.flatnonzero(alive[kept:])
+
+    def compact(array: np.ndarray) -> np.ndarray:
+        array[holes] = array[movers]
+        return array[:kept]
+
+    return tuple({name: compact(value) for name, value in item.items()} if isinstance(item, dict) else compact(item)
+                 for item in arrays_and_caches)
+
+
 def transcribe_tokens(encoder_out: np.ndarray, decoder: CachedDecoder, export_meta: Mapping, *,
                       options: DecodeOptions = DecodeOptions(),
                       encoder_padding: Optional[np.ndarray] = None) -> list[list[int]]:
@@ -121,21 +138,18 @@ def transcribe_tokens(encoder_out: np.ndarray, decoder: CachedDecoder, export_me
         logits, caches = step(decoder, np.full(batch, token), caches)
     generated: list[list[int]] = [[] for _ in range(batch)]
     rows = np.arange(batch)  # original index of each row still in the batch
-    alive = np.ones(batch, dtype=bool)
     for index in range(budget):
         logits[:, suppress] = -np.inf
         if index == 0:
             logits[:, suppress_at_begin] = -np.inf
         chosen = np.argmax(logits, axis=-1)
-        for position in np.flatnonzero(alive):
-            generated[rows[position]].append(int(chosen[position]))
-        alive &= chosen != end_of_text
+        for row, token in zip(rows, chosen):
+            generated[row].append(int(token))
+        alive = chosen != end_of_text
         if not alive.any() or index == budget - 1:
             break
-        if alive.sum() * 2 <= len(alive):  # drop finished rows: a copy of every cache, so not every time
-            rows, chosen = rows[alive], chosen[alive]
-            caches = {name: np.ascontiguousarray(value[alive]) for name, value in caches.items()}
-            alive = alive[alive]
+        if not alive.all():
+            rows, chosen, caches = drop_finished_rows(alive, rows, chosen, caches)
         logits, caches = step(decoder, chosen, caches)
     return [tokens[:-1] if tokens and tokens[-1] == end_of_text else tokens for tokens in generated]
 

@@ -20,18 +20,20 @@ import numpy as np
 from pipeline.tables import N_MELS
 
 
-def load_sessions(export_dir: str | Path, export_meta: Mapping, threads: int | None = None):
-    """(encoder session, decoder session) on the CPU for the ONNX files named in export_meta."""
+def load_session(export_dir: str | Path, export_meta: Mapping, part: str, threads: int | None = None):
+    """A CPU session for export_meta's "encoder" or "decoder" ONNX file."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    export_dir = Path(export_dir)
-    return tuple(
-        ort.InferenceSession(str(export_dir / export_meta[part]["onnx"]), options, providers=["CPUExecutionProvider"])
-        for part in ("encoder", "decoder")
-    )
+    return ort.InferenceSession(str(Path(export_dir) / export_meta[part]["onnx"]), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def load_sessions(export_dir: str | Path, export_meta: Mapping, threads: int | None = None):
+    """(encoder session, decoder session) on the CPU for the ONNX files named in export_meta."""
+    return tuple(load_session(export_dir, export_meta, part, threads) for part in ("encoder", "decoder"))
 
 
 def load_host_assets(export_dir: str | Path, export_meta: Mapping) -> tuple[np.ndarray, np.ndarray]:
