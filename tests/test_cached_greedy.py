@@ -76,6 +76,20 @@ def test_rows_that_end_early_leave_the_batch_and_keep_their_tokens(tiny, monkeyp
     assert calls[-1] == 1  # the batch shrank to the one live row
 
 
+def test_dropping_finished_rows_keeps_each_live_row_whole_and_moves_only_the_finished():
+    rows = np.arange(5)
+    caches = {"cross": np.arange(5 * 3, dtype=np.float32).reshape(5, 3).copy(), "self": np.arange(5.0)[:, None] * 10}
+    before = {name: value.copy() for name, value in caches.items()}
+    alive = np.array([False, True, False, True, True])
+    kept_rows, kept_caches = cached_greedy.drop_finished_rows(alive, rows, caches)
+    assert sorted(kept_rows.tolist()) == [1, 3, 4]
+    for name, value in kept_caches.items():
+        assert value.shape[0] == 3 and value.flags.c_contiguous  # ONNX Runtime takes it without a copy
+        for position, row in enumerate(kept_rows):
+            np.testing.assert_array_equal(value[position], before[name][row])
+    assert kept_rows.tolist()[1] == 1  # a live row already in front stays where it is
+
+
 def test_padding_fills_whisper_positions_and_refuses_a_wrong_size():
     states = np.ones((2, 500, 4), np.float32)
     padding = np.arange(4000, dtype=np.float32).reshape(1000, 4)
