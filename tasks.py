@@ -450,12 +450,14 @@ def build(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, seconds=None, seq_len=N
         "long": "utterances longer than the window: skip (default, counted) or chunk (cut and joined)",
         "limit": "use the first N usable utterances",
         "threads": "CPU threads for ONNX Runtime / torch (default: all)",
+        "decoder": "fixed (the fixed-length decoder the decoder HEF runs) or cached (the KV-cache decoder ONNX "
+                   "on the host CPU); default: the build's own (--decoder cpu builds: cached)",
         "json": "print the ladder as JSON instead of a table",
     }
 )
 @_friendly_errors
 def evaluate(c, build_dir, eval=None, eval_download=False, eval_dest="build/eval-download", rows=None,
-             long="skip", limit=None, threads=None, json=False):
+             long="skip", limit=None, threads=None, decoder=None, json=False):
     """The accuracy ladder: WER/CER of the same utterances from the checkpoint down to the device."""
     import json as json_module
     from pathlib import Path
@@ -465,7 +467,7 @@ def evaluate(c, build_dir, eval=None, eval_download=False, eval_dest="build/eval
     options = EvalOptions(eval_dir=Path(eval) if eval else None, download=eval_download,
                           download_dest=Path(eval_dest), long=long,
                           limit=int(limit) if limit is not None else None,
-                          threads=int(threads) if threads is not None else None)
+                          threads=int(threads) if threads is not None else None, decoder=decoder)
     chosen = tuple(r.strip() for r in rows.split(",")) if rows else ROWS
     ladder = evaluate_build(Path(build_dir), options, chosen, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(json_module.dumps(ladder.to_json(), indent=2) if json else render_markdown(ladder))

@@ -123,6 +123,24 @@ def test_quantization_changes_the_transcripts_and_16_bit_everywhere_narrows_the_
     assert _encoder_error(tiny_en_build_16_bit) < _encoder_error(tiny_en_build) / 10
 
 
+def test_the_cached_decoder_ladder_quantizes_only_the_encoder_and_transcribes_like_the_fixed_one(
+        tiny_en_build, eval_set):
+    rows = ("onnx", "native", "quantized", "quantized-encoder", "quantized-decoder")
+    fixed = ladder.run_ladder(tiny_en_build, eval_set, rows)
+    cached = ladder.run_ladder(tiny_en_build, eval_set, rows, decoder="cached")
+    assert fixed.decoder == "fixed" and cached.decoder == "cached"  # a hailo-decoder build defaults to fixed
+    assert "cached (KV-cache) decoder ONNX on the host CPU" in ladder.render_markdown(cached)
+    assert "on the host CPU" in cached.row("quantized-decoder").why
+    assert "the same as `quantized`" in cached.row("quantized-encoder").why
+    onnx, native, quantized = (cached.row(name) for name in ("onnx", "native", "quantized"))
+    assert native.texts == onnx.texts  # the emulator's float encoder, then the same decoder
+    assert quantized.changed_vs_onnx > 0  # the quantized encoder changes words
+    # Not cut at seq_len and padded to 30 s, the cached decoder may differ from the fixed one on a
+    # few words of these 8 utterances, not on the whole: within the reference-vs-onnx bound.
+    assert abs(onnx.wer - fixed.row("onnx").wer) * 100 <= REFERENCE_VS_ONNX_MAX_POINTS
+    assert onnx.wer < 0.3
+
+
 def _encoder_error(build: Path) -> float:
     """Relative RMS error of the quantized encoder's states against the native (float) emulator,
     on two entries of the build's own calibration set (NHWC, as the DFC takes them)."""

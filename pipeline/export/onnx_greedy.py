@@ -13,7 +13,7 @@ prompt tokens, the end-of-text token and the suppressed tokens.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -91,32 +91,46 @@ def greedy_decode(
     row is directly a decoder calibration sequence. Pass `encoder_states` ([N, positions, d]) to
     skip the encoder run when they are already known.
     """
-    tokens_meta = export_meta["tokens"]
+    seq_len = int(export_meta["seq_len"])
+    if positional_embedding.shape[0] != seq_len:
+        raise ValueError(f"positional embedding has {positional_embedding.shape[0]} rows, the export seq_len is {seq_len}")
+    if encoder_states is None:
+        encoder_states = encode(encoder_session, export_meta, mel_batch)
+    return np.stack([
+        greedy_row(lambda row, last, states=states: next_token_logits(
+            decoder_session, export_meta, token_embedding, positional_embedding, states, row, last),
+            export_meta["tokens"], seq_len)
+        for states in encoder_states
+    ])
+
+
+def greedy_row(next_logits: Callable[[np.ndarray, int], np.ndarray], tokens_meta: Mapping, seq_len: int) -> np.ndarray:
+    """Whisper's greedy rules on a fixed-length decoder -> one row [seq_len] int64.
+
+    `next_logits(row, last)` gives the logits [vocab] for the token after position `last` of
+    `row` (any fixed-length decoder: ONNX, the DFC emulator, a HEF). The row starts with the
+    prompt; `suppress` is masked always and `suppress_at_begin` at the first step; generation
+    stops at end-of-text or when the row is full, and every position after the end is
+    end-of-text.
+    """
     prompt = [int(t) for t in tokens_meta["prompt"]]
     end_of_text = int(tokens_meta["end_of_text"])
     suppress = np.asarray(tokens_meta.get("suppress", []), dtype=np.int64)
     suppress_at_begin = np.asarray(tokens_meta.get("suppress_at_begin", []), dtype=np.int64)
-    seq_len = int(export_meta["seq_len"])
-    if positional_embedding.shape[0] != seq_len:
-        raise ValueError(f"positional embedding has {positional_embedding.shape[0]} rows, the export seq_len is {seq_len}")
     if len(prompt) >= seq_len:
         raise ValueError(f"prompt of {len(prompt)} tokens leaves no room in a sequence of {seq_len}")
-    if encoder_states is None:
-        encoder_states = encode(encoder_session, export_meta, mel_batch)
-
-    results = np.full((len(encoder_states), seq_len), end_of_text, dtype=np.int64)
-    for row, states in zip(results, encoder_states):
-        row[: len(prompt)] = prompt
-        for last in range(len(prompt) - 1, seq_len - 1):
-            logits = next_token_logits(decoder_session, export_meta, token_embedding, positional_embedding, states, row, last)
-            logits[suppress] = -np.inf
-            if last == len(prompt) - 1:
-                logits[suppress_at_begin] = -np.inf
-            token = int(np.argmax(logits))
-            row[last + 1] = token
-            if token == end_of_text:
-                break
-    return results
+    row = np.full(seq_len, end_of_text, dtype=np.int64)
+    row[: len(prompt)] = prompt
+    for last in range(len(prompt) - 1, seq_len - 1):
+        logits = np.array(next_logits(row, last), dtype=np.float32)  # a copy: the masks write into it
+        logits[suppress] = -np.inf
+        if last == len(prompt) - 1:
+            logits[suppress_at_begin] = -np.inf
+        token = int(np.argmax(logits))
+        row[last + 1] = token
+        if token == end_of_text:
+            break
+    return row
 
 
 def next_token_logits(decoder_session, export_meta: Mapping, token_embedding: np.ndarray,

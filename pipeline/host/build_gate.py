@@ -31,7 +31,8 @@ def run_gate(options, layout: Layout, print_table: Callable[[str], None]) -> Opt
     from pipeline.host.ladder import GATE_ROWS, EvalOptions, evaluate_build, render_markdown, wer_increase
 
     eval_options = EvalOptions(eval_dir=options.eval_dir, download=options.eval_download,
-                               download_dest=layout.eval_dir / "download")
+                               download_dest=layout.eval_dir / "download",
+                               decoder="cached" if options.decoder == "cpu" else "fixed")
     ladder = evaluate_build(layout.root, eval_options, GATE_ROWS, log=lambda m: None)
     table = render_markdown(ladder)
     print_table(table)

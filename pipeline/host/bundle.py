@@ -19,7 +19,8 @@ dropped into that app. `python -m pipeline.host.transcriber --model bundle/` tra
 With the decoder on the host CPU (`invoke build --decoder cpu`) the bundle has no decoder HEF and
 no host embedding files; it carries the export's cached decoder instead:
 <decoder>_cached_{cross,step}.onnx (float32), <decoder>_cached_{cross,step}_int8.onnx and
-encoder_padding_<s>s.npy, driven by pipeline/export/cached_greedy.py.
+encoder_padding_<s>s.npy, driven by pipeline/export/cached_greedy.py, and onnx/<encoder_net>.onnx
+(the transcriber's float backend for the encoder).
 
 The bundle is written whole into a hidden temporary folder beside it and swapped in by rename, so
 `bundle/` never mixes files of two builds (HEFs of another input length, a config of the new one),
@@ -45,7 +46,7 @@ from pipeline.tables import (
     BuildSpec,
 )
 
-BUNDLE_FORMAT = 2  # 2: host arrays under Hailo app names, ONNX pair shipped
+BUNDLE_FORMAT = 3  # 2: host arrays under Hailo app names, ONNX pair shipped; 3: a CPU-decoder bundle ships the encoder ONNX and the cache shapes
 CONFIG_NAME = "config.json"
 README_NAME = "README.md"
 NOT_DEPLOYABLE_BANNER = (
@@ -87,7 +88,8 @@ def _copied_names(export: Mapping[str, Any], decoder: str) -> dict[str, str]:
     if decoder == "hailo":
         return _copies(export, export["variant"])
     names = [*_cached_decoder_names(export), *export["host_assets"].get("tokenizer_files", [])]
-    return {name: name for name in names}
+    encoder_onnx = onnx_names(export)["encoder"]  # the transcriber's float (onnx) backend for the encoder
+    return {**{name: name for name in names}, encoder_onnx: export["encoder"]["onnx"]}
 
 
 def bundle_files(bundle_dir: Path, export: Mapping[str, Any], decoder: str = "hailo") -> list[Path]:
@@ -116,6 +118,7 @@ def cpu_decoder_config(export: Mapping[str, Any]) -> dict:
         "self_cache": list(cached["self_cache"]),
         "cross_cache": list(cached["cross_cache"]),
         "max_positions": cached["max_positions"],
+        "cache_shape": dict(cached["cache_shape"]),
         "quantization": cached.get("quantization"),
         "parity": {
             "float": {"logits_vs_transformers": parity.get("cached_decoder_vs_hf"),
@@ -178,7 +181,7 @@ def make_config(spec: BuildSpec, export: Mapping[str, Any], hefs: Mapping[str, P
         "host_assets": {**host_array_names(spec.variant.name),
                         "tokenizer_files": list(export["host_assets"].get("tokenizer_files", []))}
         if decoder == "hailo" else {"tokenizer_files": list(export["host_assets"].get("tokenizer_files", []))},
-        "onnx": onnx_names(export) if decoder == "hailo" else {},
+        "onnx": onnx_names(export) if decoder == "hailo" else {"encoder": onnx_names(export)["encoder"]},
         "tokens": dict(export.get("tokens") or {}),
         "embedding": "embedded[t] = token_embedding[token_t] + positional_embedding[t]",
     }

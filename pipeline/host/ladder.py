@@ -14,6 +14,12 @@ utterances used and skipped (and why), mean seconds per utterance; quantized row
 optimize stage's SNR per output. A row whose stage the build has not reached, or whose runtime
 is missing, is "not available" with the reason; the others run. Nothing in the build directory
 is written or changed.
+
+Both decoders (pipeline/host/transcriber.py): `fixed`, the fixed-length decoder the Hailo decoder
+HEF runs (ONNX / emulator / device per row), or `cached`, the KV-cache decoder ONNX on the host
+CPU, which every row then uses after its encoder (a build with `--decoder cpu` has no decoder
+network to quantize, so the quantized-encoder and quantized-decoder rows say why they are not
+there). The default is the build's own (manifest.json "decoder": cpu -> cached).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from pipeline.layout import Layout
 
 ROWS = ("reference", "onnx", "native", "quantized", "quantized-encoder", "quantized-decoder", "device")
 GATE_ROWS = ("onnx", "quantized", "quantized-encoder", "quantized-decoder")  # before compile
+DECODERS = ("fixed", "cached")
 BASELINE = "onnx"
 REFERENCE_MAX_NEW_TOKENS = 440  # Whisper's 448 target positions less the prompt
 
@@ -69,9 +76,9 @@ def _export(layout: Layout):
     return read_model_files(layout.export_dir)
 
 
-def _hars(layout: Layout, stage: str) -> dict[str, Path]:
+def _hars(layout: Layout, stage: str, models: Sequence[str] = ("encoder", "decoder")) -> dict[str, Path]:
     export = json.loads(layout.export_json.read_text())
-    hars = {m: layout.har(m, export[m]["net_name"], stage) for m in ("encoder", "decoder")}
+    hars = {m: layout.har(m, export[m]["net_name"], stage) for m in models}
     missing = [str(p) for p in hars.values() if not p.is_file()]
     if missing:
         raise NotAvailable(f"the build has not reached {stage} ({', '.join(missing)} missing)")
@@ -102,7 +109,13 @@ def _snr(layout: Layout) -> dict:
 # --- the rows -----------------------------------------------------------------------------------
 
 
-def _reference(layout: Layout, threads: Optional[int]):
+def _token_decoder(files, decoder: str, fixed_decoder, threads: Optional[int]):
+    from pipeline.host.transcriber import cached_decoding, fixed_decoding
+
+    return fixed_decoding(files, fixed_decoder) if decoder == "fixed" else cached_decoding(files, "float", threads)
+
+
+def _reference(layout: Layout, threads: Optional[int], decoder: str):
     """transformers generate on the original checkpoint, 30 s windows."""
     import torch
 
@@ -118,7 +131,7 @@ def _reference(layout: Layout, threads: Optional[int]):
     loaded = load_whisper(meta["hf_id_or_path"], allow_download=False)
     prompt = meta["tokens"]["prompt"]
     config = hf_generation_config(meta["tokens"], REFERENCE_MAX_NEW_TOKENS, len(prompt) > 2)
-    texts = Transcriber(files, None, None)
+    texts = Transcriber(files, None, None)  # only its tokenizer
     window = 30 * 16000
 
     def transcribe(audio: np.ndarray) -> str:
@@ -138,32 +151,39 @@ def _reference(layout: Layout, threads: Optional[int]):
     return transcribe, ""
 
 
-def _onnx(layout, threads):
+def _onnx(layout: Layout, threads: Optional[int], decoder: str):
     from pipeline.host.transcriber import Transcriber, onnx_backend
 
     files = _export(layout)
-    return Transcriber(files, *onnx_backend(files, threads)).transcribe, ""
+    encoder, fixed_decoder = onnx_backend(files, threads, with_decoder=decoder == "fixed")
+    return Transcriber(files, encoder, _token_decoder(files, decoder, fixed_decoder, threads)).transcribe, ""
 
 
 def _emulated(encoder_context: Optional[str], decoder_context: Optional[str]):
-    """A row with each half on the emulator (context) or, where None, on ONNX Runtime."""
-    def build(layout: Layout, threads: Optional[int]):
+    """A row with each half on the emulator (context) or, where None, on ONNX Runtime. With the
+    cached decoder only the encoder can be emulated (the decoder runs on the host CPU)."""
+    def build(layout: Layout, threads: Optional[int], decoder: str):
         from pipeline.host.transcriber import Transcriber, har_decoder, har_encoder, onnx_backend
 
+        if decoder == "cached" and encoder_context is None:
+            raise NotAvailable("the decoder runs on the host CPU (the cached decoder ONNX): the DFC does not quantize it")
+        if decoder == "cached" and decoder_context is None:
+            raise NotAvailable("the same as `quantized` here: with the cached decoder only the encoder is quantized")
         files = _export(layout)
         stages = {"native": "parse", "quantized": "optimize"}
-        enc_har = _hars(layout, stages[encoder_context]) if encoder_context else None
-        dec_har = _hars(layout, stages[decoder_context]) if decoder_context else None
-        onnx_encoder, onnx_decoder = onnx_backend(files, threads)
+        enc_har = _hars(layout, stages[encoder_context], ["encoder"])["encoder"] if encoder_context else None
+        dec_har = (_hars(layout, stages[decoder_context], ["decoder"])["decoder"]
+                   if decoder_context and decoder == "fixed" else None)
+        onnx_encoder, onnx_decoder = onnx_backend(files, threads, with_decoder=decoder == "fixed")
         dec_io = files.io["decoder"]
-        encoder = har_encoder(enc_har["encoder"], encoder_context) if enc_har else onnx_encoder
-        decoder = (har_decoder(dec_har["decoder"], decoder_context, dec_io["layers"], dec_io["inputs"])
-                   if dec_har else onnx_decoder)
-        return Transcriber(files, encoder, decoder).transcribe, _dfc_note()
+        encoder = har_encoder(enc_har, encoder_context) if enc_har else onnx_encoder
+        fixed_decoder = (har_decoder(dec_har, decoder_context, dec_io["layers"], dec_io["inputs"])
+                         if dec_har else onnx_decoder)
+        return Transcriber(files, encoder, _token_decoder(files, decoder, fixed_decoder, threads)).transcribe, _dfc_note()
     return build
 
 
-def _device(layout: Layout, threads: Optional[int]):
+def _device(layout: Layout, threads: Optional[int], decoder: str):
     from pipeline.host.transcriber import make_transcriber
 
     config = layout.bundle_dir / "config.json"
@@ -172,7 +192,7 @@ def _device(layout: Layout, threads: Optional[int]):
     if not json.loads(config.read_text()).get("deployable", True):
         raise NotAvailable("the bundle's HEFs are test-double placeholders (NOT DEPLOYABLE); no device can run them")
     try:
-        return make_transcriber(layout.bundle_dir, "hailort").transcribe, ""
+        return make_transcriber(layout.bundle_dir, "hailort", decoder=decoder, threads=threads).transcribe, ""
     except ToolchainError as err:
         raise NotAvailable(str(err)) from None
 
@@ -201,6 +221,7 @@ class Ladder:
     skipped: dict
     skipped_files: list
     rows: list
+    decoder: str = "fixed"  # the decoder every row uses after its encoder (DECODERS)
     normalizer: str = "Whisper EnglishTextNormalizer (whisper-normalizer package)"
     bootstrap: str = f"{wer.BOOTSTRAP_SAMPLES} resamples of utterances, 95% percentile intervals"
     seconds: float = 0.0
@@ -229,15 +250,31 @@ def _read_audio(eval_set: eval_speech.EvalSet):
     return audio, kept, skipped
 
 
+def build_decoder(layout: Layout) -> str:
+    """The decoder a build deploys: "cached" where its manifest says the decoder runs on the CPU."""
+    if layout.manifest.is_file():
+        try:
+            on_cpu = json.loads(layout.manifest.read_text()).get("build", {}).get("decoder") == "cpu"
+        except ValueError:
+            on_cpu = False
+        return "cached" if on_cpu else "fixed"
+    return "fixed"
+
+
 def run_ladder(build_dir: str | Path, eval_set: eval_speech.EvalSet, rows: Sequence[str] = ROWS, *,
-               threads: Optional[int] = None, log: Callable[[str], None] = lambda m: None) -> Ladder:
-    """Every requested row on the same utterances; see the module docstring."""
+               threads: Optional[int] = None, decoder: Optional[str] = None,
+               log: Callable[[str], None] = lambda m: None) -> Ladder:
+    """Every requested row on the same utterances; see the module docstring. `decoder`: "fixed" or
+    "cached" (None: the build's own)."""
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         raise ToolchainError(f"Unknown ladder rows {unknown}.", f"Choose from: {', '.join(ROWS)}.")
     layout = Layout(Path(build_dir))
     if not layout.root.is_dir():
         raise ToolchainError(f"Build directory {layout.root} does not exist.", "Pass --build-dir of a build (build/<variant>-<arch>).")
+    decoder = decoder or build_decoder(layout)
+    if decoder not in DECODERS:
+        raise ToolchainError(f"Unknown decoder {decoder!r}.", f"Choose one of: {', '.join(DECODERS)}.")
     started = time.monotonic()
     audio, utterances, skipped = _read_audio(eval_set)
     references = [wer.normalize(u.text) for u in utterances]
@@ -254,7 +291,7 @@ def run_ladder(build_dir: str | Path, eval_set: eval_speech.EvalSet, rows: Seque
     for name in ordered:
         log(f"row {name}: {len(utterances)} utterances")
         try:
-            transcribe, note = ROW_BUILDERS[name](layout, threads)
+            transcribe, note = ROW_BUILDERS[name](layout, threads, decoder)
         except NotAvailable as err:
             results.append(Row(name, False, why=str(err)))
             continue
@@ -286,7 +323,8 @@ def run_ladder(build_dir: str | Path, eval_set: eval_speech.EvalSet, rows: Seque
         kind = skip.reason.split(":")[0]
         reasons[kind] = reasons.get(kind, 0) + 1
     return Ladder(str(layout.root), str(eval_set.root), eval_set.layout, eval_set.long_policy, len(utterances),
-                  reasons, [s.as_json() for s in skipped], results, seconds=round(time.monotonic() - started, 2))
+                  reasons, [s.as_json() for s in skipped], results, decoder=decoder,
+                  seconds=round(time.monotonic() - started, 2))
 
 
 # --- presentation -------------------------------------------------------------------------------
@@ -304,14 +342,18 @@ def _snr_text(snr: dict) -> str:
     return "; ".join(f"{model} min {min(values.values()):.1f} dB" for model, values in snr.items() if values)
 
 
+DECODER_TEXT = {"fixed": "the fixed-length decoder (the decoder HEF's network)",
+                "cached": "the cached (KV-cache) decoder ONNX on the host CPU, float"}
+
+
 def render_markdown(ladder: Ladder) -> str:
     """The ladder as a Markdown table (console, report.md)."""
     chunked = "cut at the window and joined" if ladder.long_policy == "chunk" else "skipped"
     skipped = ", ".join(f"{k}: {v}" for k, v in ladder.skipped.items()) or "none"
     lines = [
         f"Accuracy ladder on {ladder.used} utterances from {ladder.eval_root} ({ladder.layout} layout); "
-        f"skipped: {skipped}; longer than the window: {chunked}. WER/CER in %, {ladder.bootstrap}; "
-        f"text normalized with {ladder.normalizer}.",
+        f"skipped: {skipped}; longer than the window: {chunked}. Decoder: {DECODER_TEXT[ladder.decoder]}. "
+        f"WER/CER in %, {ladder.bootstrap}; text normalized with {ladder.normalizer}.",
         "",
         "| row | WER % | 95% CI | CER % | 95% CI | WER diff to onnx | 95% CI | words changed vs onnx % | s/utt | optimize SNR | note |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -350,6 +392,7 @@ class EvalOptions:
     long: str = "skip"  # utterances longer than the window: "skip" | "chunk"
     limit: Optional[int] = None  # first N usable utterances
     threads: Optional[int] = None
+    decoder: Optional[str] = None  # "fixed" | "cached"; None: the build's own
 
     def __post_init__(self):
         if (self.eval_dir is None) == (not self.download):
@@ -377,4 +420,4 @@ def evaluate_build(build_dir: str | Path, options: EvalOptions, rows: Sequence[s
         root = eval_speech.download_test_clean(options.download_dest)
     eval_set = eval_speech.load_eval_set(root, seconds=seconds, long=options.long, limit=options.limit)
     log(f"{len(eval_set.utterances)} utterances from {eval_set.root} ({len(eval_set.skipped)} skipped)")
-    return run_ladder(build_dir, eval_set, rows, threads=options.threads, log=log)
+    return run_ladder(build_dir, eval_set, rows, threads=options.threads, decoder=options.decoder, log=log)
