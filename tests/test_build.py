@@ -24,6 +24,7 @@ from rich.console import Console
 from pipeline.host.build import run_build
 from pipeline.host.build_options import BuildOptions
 from pipeline.host.build_lock import BuildLock
+from pipeline.host.bundle_runtime import runtime_names
 from pipeline.errors import ToolchainError
 from pipeline.dfc.model_scripts import resolve_model_script
 from pipeline.host.stage_cache import STAGE_ORDER
@@ -50,7 +51,9 @@ def _expected_files(build: Path) -> list[str]:
              f"bundle/decoder_assets/{export['variant']}/decoder_tokenization/token_embedding_weight_{export['variant']}.npy",
              f"bundle/decoder_assets/{export['variant']}/decoder_tokenization/onnx_add_input_{export['variant']}.npy",
              f"bundle/onnx/{export['encoder']['onnx']}", f"bundle/onnx/{export['decoder']['onnx']}",
-             *(f"bundle/{name}" for name in export["host_assets"]["tokenizer_files"])]
+             *(f"bundle/{name}" for name in export["host_assets"]["tokenizer_files"]),
+             # the host transcriber's code and packages (no HailoRT wheel in this build's vendor folder)
+             *(f"bundle/{name}" for name in runtime_names(hailort_wheel=None))]
     for model, net in (("encoder", enc), ("decoder", dec)):
         files += [f"dfc/{model}/{net}.har", f"dfc/{model}/{net}_optimized.har", f"dfc/{model}/{net}.alls",
                   f"dfc/{model}/{net}.hef", f"dfc/{model}/{net}_compiled.har",
@@ -349,9 +352,11 @@ def test_native_build_with_the_decoder_on_the_cpu(tmp_path, monkeypatch, random_
     cached = export["cached_decoder"]
     bundle = build / "bundle"
     expected = {f"{export['encoder']['net_name']}.hef", "config.json", "README.md", cached["encoder_padding"],
-                *(name for files in cached["files"].values() for name in files.values())}
+                *(name for files in cached["files"].values() for name in files.values()),
+                "runtime", "requirements.txt", "install.sh"}
     assert {p.name for p in bundle.iterdir()} == expected
-    for name in expected - {"config.json", "README.md"} - {f"{export['encoder']['net_name']}.hef"}:
+    for name in expected - {"config.json", "README.md", "runtime", "requirements.txt", "install.sh"} - {
+            f"{export['encoder']['net_name']}.hef"}:
         assert (bundle / name).read_bytes() == (build / "export" / name).read_bytes()
     config = json.loads((bundle / "config.json").read_text())
     assert config["decoder"]["runs_on"] == "cpu"

@@ -48,6 +48,7 @@ from pipeline.files import remove_partial_files
 from pipeline.host.build_lock import BuildLock
 from pipeline.host.build_options import BuildOptions, BuildResult, StageOutcome
 from pipeline.host.bundle import BUNDLE_FORMAT, bundle_files, make_bundle
+from pipeline.host.bundle_runtime import EXPORT_IMAGE_CONSTRAINTS, PYPROJECT, RUNTIME_ENTRY_MODULES, find_hailort_wheel
 from pipeline.host.code_closure import code_fingerprint
 from pipeline.host.manifest import dfc_version_of, is_rehearsal, make_manifest, print_summary, quality_warnings, write_report
 from pipeline.host.preflight import (Preflight, Tool, audio_files, calibration_entries_needed, model_script_path,
@@ -314,19 +315,24 @@ class _Builder:
         results = dfc_results(lay, self.options.dfc_models)
         dfc_version = dfc_version_of(results, self.pre.wheel_version, self.tools["dfc"].identity.get("dfc_version"))
         hefs = hef_paths(lay, export, self.options.dfc_models)
+        hailort_wheel = find_hailort_wheel(self.options.vendor_dir)
+        # The carried transcriber: its code is in the fingerprint, its requirements come from these files.
+        runtime = {"pyproject": PYPROJECT, "export_constraints": EXPORT_IMAGE_CONSTRAINTS,
+                   **({"hailort_wheel": hailort_wheel} if hailort_wheel else {})}
         inputs = StageInputs(
-            files={**{f"{m}.hef": p for m, p in hefs.items()}, **export_files(lay)},
+            files={**{f"{m}.hef": p for m, p in hefs.items()}, **export_files(lay), **runtime},
             params={"format": BUNDLE_FORMAT, "decoder": self.options.decoder,
                     "variant": self.spec.variant.name, "arch": self.spec.arch.name,
                     "seconds": self.spec.seconds, "seq_len": self.spec.seq_len, "dfc_version": dfc_version,
                     "rehearsal": rehearsal},
-            tool={"code": code_fingerprint(["pipeline.host.bundle"])},
+            tool={"code": code_fingerprint(["pipeline.host.bundle", *RUNTIME_ENTRY_MODULES])},
         )
         self.stage(
             "bundle", inputs,
             lambda: make_bundle(lay.bundle_dir, spec=self.spec, export=export, export_dir=lay.export_dir,
-                                hefs=hefs, dfc_version=dfc_version, rehearsal=rehearsal, decoder=self.options.decoder),
-            lambda: bundle_files(lay.bundle_dir, export, self.options.decoder),
+                                hefs=hefs, dfc_version=dfc_version, rehearsal=rehearsal, decoder=self.options.decoder,
+                                hailort_wheel=hailort_wheel),
+            lambda: bundle_files(lay.bundle_dir, export, self.options.decoder, hailort_wheel),
         )
 
     def report(self, export: dict, rehearsal: bool, build_warnings: Sequence[str]) -> None:

@@ -9,12 +9,15 @@
       tokenizer files                         as transformers saved them
       config.json                             shapes, names, layouts, mel parameters, tokens
       README.md                               how to load and run them with HailoRT
+      runtime/, requirements.txt, install.sh  the host transcriber's code and packages, and
+      wheels/hailort-*.whl                    HailoRT's wheel when vendor/ has it (bundle_runtime.py)
 
 The host arrays carry the paths and names Hailo's speech-recognition app loads them from
 (hailo-ai/Hailo-Application-Code-Examples, runtime/hailo-8/python/speech_recognition/app/
 hailo_whisper_pipeline.py, commit 0764642: `decoder_assets/{variant}/decoder_tokenization/
 token_embedding_weight_{variant}.npy` and `onnx_add_input_{variant}.npy`), so the folder can be
-dropped into that app. `python -m pipeline.host.transcriber --model bundle/` transcribes with it.
+dropped into that app. `PYTHONPATH=runtime python -m pipeline.host.transcriber --model .` transcribes
+with it from inside the folder, without the toolchain.
 
 With the decoder on the host CPU (`invoke build --decoder cpu`) the bundle has no decoder HEF and
 no host embedding files; it carries the export's cached decoder instead:
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from pipeline.files import write_json_atomic, write_text_atomic
+from pipeline.host.bundle_runtime import render_runtime_readme, runtime_config, runtime_names, write_runtime
 from pipeline.tables import (
     DECODER_VOCAB_SPLITS,
     FRAMES_PER_SECOND,
@@ -46,7 +50,9 @@ from pipeline.tables import (
     BuildSpec,
 )
 
-BUNDLE_FORMAT = 3  # 2: host arrays under Hailo app names, ONNX pair shipped; 3: a CPU-decoder bundle ships the encoder ONNX and the cache shapes
+# 2: host arrays under Hailo app names, ONNX pair shipped; 3: the transcriber's code carried (runtime/),
+# and a CPU-decoder bundle ships the encoder ONNX and the cache shapes.
+BUNDLE_FORMAT = 3
 CONFIG_NAME = "config.json"
 README_NAME = "README.md"
 NOT_DEPLOYABLE_BANNER = (
@@ -92,10 +98,12 @@ def _copied_names(export: Mapping[str, Any], decoder: str) -> dict[str, str]:
     return {**{name: name for name in names}, encoder_onnx: export["encoder"]["onnx"]}
 
 
-def bundle_files(bundle_dir: Path, export: Mapping[str, Any], decoder: str = "hailo") -> list[Path]:
-    """Every file of a complete bundle (`decoder`: "hailo" or "cpu", where the decoder runs)."""
+def bundle_files(bundle_dir: Path, export: Mapping[str, Any], decoder: str = "hailo",
+                 hailort_wheel: Optional[Path] = None) -> list[Path]:
+    """Every file of a complete bundle (`decoder`: "hailo" or "cpu", where the decoder runs;
+    `hailort_wheel`: HailoRT's wheel from the vendor folder, carried along)."""
     hefs = [f"{export['encoder']['net_name']}.hef"] + ([f"{export['decoder']['net_name']}.hef"] if decoder == "hailo" else [])
-    names = [*hefs, *_copied_names(export, decoder), CONFIG_NAME, README_NAME]
+    names = [*hefs, *_copied_names(export, decoder), CONFIG_NAME, README_NAME, *runtime_names(hailort_wheel)]
     return [Path(bundle_dir) / n for n in names]
 
 
@@ -133,7 +141,8 @@ def cpu_decoder_config(export: Mapping[str, Any]) -> dict:
 
 
 def make_config(spec: BuildSpec, export: Mapping[str, Any], hefs: Mapping[str, Path],
-                dfc_version: Optional[str], rehearsal: bool, decoder: str = "hailo") -> dict:
+                dfc_version: Optional[str], rehearsal: bool, decoder: str = "hailo",
+                hailort_wheel: Optional[Path] = None) -> dict:
     """config.json: what a host program needs to feed the HEFs and read their outputs."""
     def io_of(model: str) -> dict:
         part = export[model]
@@ -184,6 +193,7 @@ def make_config(spec: BuildSpec, export: Mapping[str, Any], hefs: Mapping[str, P
         "onnx": onnx_names(export) if decoder == "hailo" else {"encoder": onnx_names(export)["encoder"]},
         "tokens": dict(export.get("tokens") or {}),
         "embedding": "embedded[t] = token_embedding[token_t] + positional_embedding[t]",
+        "runtime": runtime_config(hailort_wheel),
     }
 
 
@@ -218,7 +228,8 @@ gives word error rates measured on speech).
 The decoding loop is `pipeline/export/cached_greedy.py` of the toolchain repository
 (`transcribe_tokens`): numpy and onnxruntime only. Caches are named in `config.json`
 (`self_cache`, `cross_cache`); the step graph's first input is `token` `[batch, 1]`.
-"""
+
+{render_runtime_readme(config)}"""
 
 
 def render_readme(config: Mapping[str, Any]) -> str:
@@ -283,16 +294,15 @@ each input layer to the ONNX input it came from, and the output order follows `o
 The host arrays sit where Hailo's speech-recognition app (Hailo-Application-Code-Examples,
 `runtime/hailo-8/python/speech_recognition`) loads them: `{config['host_assets']['token_embedding']}`
 and `{config['host_assets']['positional_embedding']}`. `onnx/` holds the float networks for a CPU run.
-With the toolchain installed (`pip install '.[transcribe]'`: numpy, soundfile, soxr, tokenizers,
-ONNX Runtime; no torch): `python -m pipeline.host.transcriber --model . --backend hailort audio.wav`
-(`--backend onnx` on a machine without a Hailo device).
-"""
+
+{render_runtime_readme(config)}"""
 
 
 def make_bundle(bundle_dir: Path, *, spec: BuildSpec, export: Mapping[str, Any], export_dir: Path,
                 hefs: Mapping[str, Path], dfc_version: Optional[str], rehearsal: bool,
-                decoder: str = "hailo") -> list[Path]:
-    """Write the bundle (whole, then swapped in); returns its files (the same list as `bundle_files`)."""
+                decoder: str = "hailo", hailort_wheel: Optional[Path] = None) -> list[Path]:
+    """Write the bundle (whole, then swapped in); returns its files (the same list as `bundle_files`).
+    `hailort_wheel`: HailoRT's wheel to carry (bundle_runtime.find_hailort_wheel of the vendor folder)."""
     bundle_dir = Path(bundle_dir)
     staging = bundle_dir.with_name(f".{bundle_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -303,10 +313,11 @@ def make_bundle(bundle_dir: Path, *, spec: BuildSpec, export: Mapping[str, Any],
         for target, source in _copied_names(export, decoder).items():
             (staging / target).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(export_dir) / source, staging / target)
-        config = make_config(spec, export, hefs, dfc_version, rehearsal, decoder)
+        write_runtime(staging, hailort_wheel)
+        config = make_config(spec, export, hefs, dfc_version, rehearsal, decoder, hailort_wheel)
         write_json_atomic(staging / CONFIG_NAME, config)
         write_text_atomic(staging / README_NAME, render_readme(config))
         _swap_in(staging, bundle_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return bundle_files(bundle_dir, export, decoder)
+    return bundle_files(bundle_dir, export, decoder, hailort_wheel)
