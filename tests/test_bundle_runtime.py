@@ -64,14 +64,14 @@ def _isolated_python(bundle: Path, *args: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-def _make(out: Path, export_dir: Path, spec, hailort_wheel=None) -> Path:
+def _make(out: Path, export_dir: Path, spec, hailort_wheel=None, decoder: str = "hailo") -> Path:
     meta = json.loads((export_dir / "export.json").read_text())
     hefs = {}
-    for model in ("encoder", "decoder"):
+    for model in ("encoder", "decoder") if decoder == "hailo" else ("encoder",):
         hefs[model] = out.parent / f"{meta[model]['net_name']}.hef"
         hefs[model].write_bytes(b"placeholder")  # the onnx backend does not read them
     make_bundle(out, spec=spec, export=meta, export_dir=export_dir, hefs=hefs, dfc_version="3.31.0+testdouble",
-                rehearsal=True, hailort_wheel=hailort_wheel)
+                rehearsal=True, hailort_wheel=hailort_wheel, decoder=decoder)
     return out
 
 
@@ -109,6 +109,26 @@ def test_a_copied_bundle_transcribes_with_its_runtime_alone_like_the_toolchain(t
     done = _isolated_python(copied_bundle, "-m", "pipeline.host.transcriber", "--model", ".", wavs[0])
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines() == expected[:1]
+
+
+@pytest.mark.slow
+def test_a_copied_cpu_decoder_bundle_transcribes_with_its_cached_decoder(tiny_en_export_dir, module_tmp, speech_dir):
+    bundle = _make(module_tmp("cpu-bundle-src") / "bundle", tiny_en_export_dir,
+                   resolve_spec("tiny.en", "hailo8l", 10, 32), decoder="cpu")
+    copied = Path(shutil.copytree(bundle, module_tmp("cpu-bundle-copy") / "bundle"))
+    wavs = sorted(str(p) for p in speech_dir.glob("utt*.wav"))
+    toolchain = make_transcriber(bundle, "onnx")
+    assert toolchain.decoder_name == "cached-float"
+    expected = [f"{wav}\t{toolchain.transcribe(load_audio(wav))}" for wav in wavs]
+    assert sum(1 for line in expected if line.split("\t")[1]) >= 3
+
+    done = _isolated_python(copied, "-c", RUN_THEN_REPORT, "--model", ".", *wavs)
+    assert done.returncode == 0, done.stderr[-3000:]
+    *lines, report = done.stdout.splitlines()
+    report = json.loads(report)
+    assert report["status"] == 0 and lines == expected
+    assert "pipeline.export.cached_greedy" in report["ours"] and report["heavy"] == []
+    assert all(Path(path).is_relative_to(copied) for path in report["ours"].values())
 
 
 def test_the_runtime_is_the_transcribers_import_closure_with_paths_kept(tmp_path):
