@@ -3,39 +3,21 @@
 Each task parses its flags, calls one function in `pipeline/` (or `calib/`), and turns a known
 `ToolchainError` into a clear message and a non-zero exit. No logic lives here.
 
-Over 500 lines on purpose: seventeen tasks whose `help=` tables are the command-line
-documentation (`invoke build --help`); splitting the file would split the CLI's one listing.
+The `help=` tables are the command-line documentation (`invoke build --help`); turning flags into
+options lives beside the options (pipeline/host/build_options.py `options_from_flags`).
 """
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
 from invoke import Exit, task
 
 from pipeline.errors import ToolchainError
-from pipeline.host.stop_signals import BuildStopped
+from pipeline.host.task_errors import friendly_errors as _friendly_errors
 from pipeline.layout import Layout
 from pipeline.tables import DEFAULT_ARCH, DEFAULT_VARIANT, MODELS
-
-
-def _friendly_errors(fn):
-    """Show ToolchainError as 'error: <problem> <fix>' and exit 2, without a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except ToolchainError as err:
-            raise Exit(f"error: {err}", code=2) from None
-        except KeyboardInterrupt:
-            raise Exit("interrupted", code=130) from None
-        except BuildStopped as stop:  # SIGTERM/SIGHUP: the stage was stopped and the lock released
-            raise Exit(f"{stop}: the running stage was stopped; rerun to resume", code=stop.exit_code) from None
-
-    return wrapper
 
 
 # --- foundation: GPU gate and doctor (pipeline/host/gpu.py, pipeline/host/doctor.py) -------------------
@@ -265,8 +247,6 @@ def probe(c, variant=None, arch=None, all=False, model=None, out="build/probe", 
 
     Run it first after installing a new DFC version, before renting a GPU. Exit 1 when a cell fails.
     """
-    from pathlib import Path
-
     from pipeline.host import probe as probing
 
     variants, archs = probing.cells(variant, arch, all)
@@ -343,11 +323,6 @@ def image(c, target=None, dfc_version=None, dry_run=False, repin=False, base_ima
 # --- end-to-end build (pipeline/host/build.py) ------------------------------------------------------
 
 
-# The DFC test double's fault switches (tests/dfc_double): set in the caller's environment, they
-# reach the stages in containers too (natively the stages inherit the environment anyway).
-DOUBLE_FAULT_VARIABLES = ("HAILO_DOUBLE_FAIL_AT", "HAILO_DOUBLE_HANG_AT")
-
-
 @task(
     iterable=["force", "stall_limit"],
     help={
@@ -393,44 +368,17 @@ def build(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, seconds=None, seq_len=N
           min_free_gb=None, min_memory_gb=None, verbose=False):
     """Build the encoder HEF and the decoder (HEF, or ONNX for the host CPU) end to end (resumable; reruns only what changed)."""
     import os
-    from pipeline.host.build import BuildOptions, run_build
-    from pipeline.host.build_options import parse_number, parse_stall_limits
 
-    limits = {}
-    if min_free_gb is not None:
-        limits["min_free_disk_gib"] = parse_number("--min-free-gb", min_free_gb)
-    if min_memory_gb is not None:
-        limits["min_memory_gib"] = parse_number("--min-memory-gb", min_memory_gb)
-    options = BuildOptions(
-        variant=variant,
-        arch=arch,
-        seconds=parse_number("--seconds", seconds) if seconds is not None else None,
-        seq_len=parse_number("--seq-len", seq_len, int) if seq_len is not None else None,
-        model=model,
-        calib_dir=Path(calib) if calib else None,
-        calib_download=calib_download,
-        calib_size=parse_number("--calib-size", calib_size, int) if calib_size is not None else None,
-        profile=profile,
-        decoder=decoder,
-        model_script=Path(model_script) if model_script else None,
-        cpu=cpu,
-        allow_gpu=allow_gpu,
-        no_docker=no_docker,
-        out=Path(out) if out else None,
-        force=tuple(force or ()),
-        vendor_dir=Path(vendor),
-        base_image=base_image,
-        wheelhouse=Path(wheelhouse) if wheelhouse else None,
-        # Gated Hugging Face models: the token goes to the export stage at run time only.
-        export_env={"HF_TOKEN": os.environ["HF_TOKEN"]} if os.environ.get("HF_TOKEN") else {},
-        eval_dir=Path(eval) if eval else None,
-        eval_download=eval_download,
-        max_wer_increase=parse_number("--max-wer-increase", max_wer_increase) if max_wer_increase is not None else None,
-        stage_env={name: os.environ[name] for name in DOUBLE_FAULT_VARIABLES if os.environ.get(name)},
-        stall_timeouts=parse_stall_limits(stall_limit or ()),
-        stream_logs=verbose,
-        **limits,
-    )
+    from pipeline.host.build import run_build
+    from pipeline.host.build_options import options_from_flags
+
+    options = options_from_flags(
+        os.environ, variant=variant, arch=arch, seconds=seconds, seq_len=seq_len, model=model, calib=calib,
+        calib_download=calib_download, calib_size=calib_size, profile=profile, decoder=decoder,
+        model_script=model_script, cpu=cpu, allow_gpu=allow_gpu, no_docker=no_docker, out=out, force=force,
+        vendor=vendor, base_image=base_image, wheelhouse=wheelhouse, eval=eval, eval_download=eval_download,
+        max_wer_increase=max_wer_increase, stall_limit=stall_limit, min_free_gb=min_free_gb,
+        min_memory_gb=min_memory_gb, verbose=verbose)
     from pipeline.host.build_gate import GateFailed
 
     try:
@@ -460,7 +408,6 @@ def evaluate(c, build_dir, eval=None, eval_download=False, eval_dest="build/eval
              long="skip", limit=None, threads=None, decoder=None, json=False):
     """The accuracy ladder: WER/CER of the same utterances from the checkpoint down to the device."""
     import json as json_module
-    from pathlib import Path
 
     from pipeline.host.ladder import ROWS, EvalOptions, evaluate_build, render_markdown
 
@@ -510,29 +457,14 @@ def matrix(c, variants="tiny", archs="hailo8l", models="encoder,decoder", addres
            force=None):
     """Build many variant x arch cells at once on a Ray cluster; writes <store>/matrix-summary.{json,md}."""
     import os
-    from pathlib import Path
 
-    from pipeline.host.build_options import BuildOptions
     from pipeline.host.matrix import MatrixOptions, run_matrix
-    from pipeline.host.matrix_plan import make_cells
 
-    pairs = [item.partition("=") for item in model_dir or ()]
-    if any(not sep for _, sep, _ in pairs):
-        raise ToolchainError(f"--model-dir {model_dir!r} is not VARIANT=FOLDER.", "Pass e.g. --model-dir tiny=/models/tiny.")
-    build_options = BuildOptions(
-        seconds=float(seconds) if seconds is not None else None,
-        seq_len=int(seq_len) if seq_len is not None else None,
-        calib_dir=Path(calib) if calib else None, calib_download=calib_download, profile=profile,
-        model_script=Path(model_script) if model_script else None, cpu=cpu, no_docker=no_docker,
-        vendor_dir=Path(vendor), force=tuple(force or ()),
-        export_env={"HF_TOKEN": os.environ["HF_TOKEN"]} if os.environ.get("HF_TOKEN") else {},
-    )
-    options = MatrixOptions(
-        cells=make_cells(variants, archs), store=Path(store), build=build_options,
-        models=tuple(m.strip() for m in models.split(",") if m.strip()), address=address,
-        model_dirs={variant: Path(folder) for variant, _, folder in pairs}, max_retries=int(max_retries),
-        hang_probe=not no_hang_probe,
-    )
+    options = MatrixOptions.from_flags(
+        os.environ, variants=variants, archs=archs, models=models, address=address, store=store, seconds=seconds,
+        seq_len=seq_len, calib=calib, calib_download=calib_download, profile=profile, model_script=model_script,
+        model_dir=model_dir, cpu=cpu, no_docker=no_docker, vendor=vendor, max_retries=max_retries,
+        no_hang_probe=no_hang_probe, force=force)
     result = run_matrix(options)
     if result.failed_cells:
         raise Exit(f"{len(result.failed_cells)} cell(s) not built: {', '.join(result.failed_cells)} "

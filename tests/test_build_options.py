@@ -87,3 +87,33 @@ def test_invoke_build_refuses_a_cpu_decoder_with_a_forced_decoder_stage(tmp_path
     assert proc.returncode != 0
     assert "--force decoder-optimize asks to rerun the Hailo decoder's stages" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "build").exists()
+
+
+def test_build_flags_become_options_with_numbers_paths_and_the_environment(tmp_path):
+    from pipeline.host.build_options import options_from_flags
+
+    environ = {"HF_TOKEN": "hf_x", "HAILO_DOUBLE_FAIL_AT": "optimize", "UNRELATED": "1"}
+    options = options_from_flags(environ, variant="tiny.en", seconds="7.5", seq_len="24", calib=str(tmp_path),
+                                 eval=str(tmp_path), max_wer_increase="2", stall_limit=["optimize=45"], min_free_gb="3", verbose=True,
+                                 force=["export"])
+    assert (options.variant, options.seconds, options.seq_len) == ("tiny.en", 7.5, 24)
+    assert options.calib_dir == tmp_path and options.max_wer_increase == 2.0 and options.min_free_disk_gib == 3.0
+    assert options.export_env == {"HF_TOKEN": "hf_x"}  # the token reaches the export stage only
+    assert options.stage_env == {"HAILO_DOUBLE_FAIL_AT": "optimize"}
+    assert options.stall_timeouts["optimize"] == 45 * 60 and options.stream_logs and options.force == ("export",)
+    with pytest.raises(ToolchainError, match="--seq-len 'long' is not an integer"):
+        options_from_flags({}, calib=str(tmp_path), seq_len="long")
+
+
+def test_matrix_flags_become_options_and_a_bad_model_dir_is_named(tmp_path):
+    from pipeline.host.matrix import MatrixOptions
+
+    options = MatrixOptions.from_flags({}, variants="tiny,base", archs="hailo8l", models="encoder",
+                                       store=str(tmp_path), calib=str(tmp_path), model_dir=["tiny=/models/tiny"],
+                                       max_retries="3")
+    assert [cell.name for cell in options.cells] == ["tiny-hailo8l", "base-hailo8l"]
+    assert options.models == ("encoder",) and options.max_retries == 3
+    assert options.model_dirs == {"tiny": Path("/models/tiny")} and options.build.calib_dir == tmp_path
+    with pytest.raises(ToolchainError, match="is not VARIANT=FOLDER"):
+        MatrixOptions.from_flags({}, variants="tiny", archs="hailo8l", models="encoder", store=str(tmp_path),
+                                 model_dir=["tiny"])

@@ -172,6 +172,50 @@ def parse_stall_limits(values: Iterable[str]) -> dict[str, float]:
     return limits
 
 
+# The DFC test double's fault switches (tests/dfc_double): set in the caller's environment, they
+# reach the stages in containers too (natively the stages inherit the environment anyway).
+DOUBLE_FAULT_VARIABLES = ("HAILO_DOUBLE_FAIL_AT", "HAILO_DOUBLE_HANG_AT")
+
+
+def hub_token_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """Gated Hugging Face models: the token goes to the export stage at run time only."""
+    return {"HF_TOKEN": environ["HF_TOKEN"]} if environ.get("HF_TOKEN") else {}
+
+
+def options_from_flags(environ: Mapping[str, str], *, seconds=None, seq_len=None, calib=None, calib_size=None,
+                       model_script=None, out=None, force=None, vendor="vendor", wheelhouse=None, eval=None,
+                       max_wer_increase=None, stall_limit=None, min_free_gb=None, min_memory_gb=None,
+                       verbose=False, **plain) -> BuildOptions:
+    """BuildOptions from `invoke build`'s flags as typed: numbers parsed with the flag named in any
+    error, folders made Paths, the Hugging Face token and the double's fault switches taken from
+    `environ`. `plain`: flags that pass through unchanged (variant, arch, model, profile, ...)."""
+    def number(flag, text, kind=float):
+        return parse_number(flag, text, kind) if text is not None else None
+
+    limits = {name: number(flag, value) for name, flag, value in (
+        ("min_free_disk_gib", "--min-free-gb", min_free_gb), ("min_memory_gib", "--min-memory-gb", min_memory_gb))
+        if value is not None}
+    return BuildOptions(
+        **plain,
+        seconds=number("--seconds", seconds),
+        seq_len=number("--seq-len", seq_len, int),
+        calib_dir=Path(calib) if calib else None,
+        calib_size=number("--calib-size", calib_size, int),
+        model_script=Path(model_script) if model_script else None,
+        out=Path(out) if out else None,
+        force=tuple(force or ()),
+        vendor_dir=Path(vendor),
+        wheelhouse=Path(wheelhouse) if wheelhouse else None,
+        export_env=hub_token_env(environ),
+        eval_dir=Path(eval) if eval else None,
+        max_wer_increase=number("--max-wer-increase", max_wer_increase),
+        stage_env={name: environ[name] for name in DOUBLE_FAULT_VARIABLES if environ.get(name)},
+        stall_timeouts=parse_stall_limits(stall_limit or ()),
+        stream_logs=verbose,
+        **limits,
+    )
+
+
 @dataclass(frozen=True)
 class StageOutcome:
     stage: str

@@ -68,6 +68,30 @@ class MatrixOptions:
             raise ToolchainError(f"invoke matrix builds Hailo decoders only (decoder {self.build.decoder!r} given).",
                                  "Build host-decoder cells with `invoke build --decoder cpu`.")
 
+    @classmethod
+    def from_flags(cls, environ: Mapping[str, str], *, variants: str, archs: str, models: str, store: str,
+                   model_dir=None, seconds=None, seq_len=None, calib=None, calib_download=False, profile="full",
+                   model_script=None, cpu=False, no_docker=False, vendor="vendor", max_retries=2,
+                   no_hang_probe=False, force=None, address=None) -> "MatrixOptions":
+        """MatrixOptions from `invoke matrix`'s flags as typed (the Hugging Face token from `environ`)."""
+        from pipeline.host.build_options import hub_token_env, parse_number
+        from pipeline.host.matrix_plan import make_cells
+
+        pairs = [item.partition("=") for item in model_dir or ()]
+        if any(not sep for _, sep, _ in pairs):
+            raise ToolchainError(f"--model-dir {model_dir!r} is not VARIANT=FOLDER.",
+                                 "Pass e.g. --model-dir tiny=/models/tiny.")
+        build = BuildOptions(
+            seconds=parse_number("--seconds", seconds) if seconds is not None else None,
+            seq_len=parse_number("--seq-len", seq_len, int) if seq_len is not None else None,
+            calib_dir=Path(calib) if calib else None, calib_download=calib_download, profile=profile,
+            model_script=Path(model_script) if model_script else None, cpu=cpu, no_docker=no_docker,
+            vendor_dir=Path(vendor), force=tuple(force or ()), export_env=hub_token_env(environ))
+        return cls(cells=make_cells(variants, archs), store=Path(store), build=build,
+                   models=tuple(m.strip() for m in models.split(",") if m.strip()), address=address,
+                   model_dirs={variant: Path(folder) for variant, _, folder in pairs},
+                   max_retries=parse_number("--max-retries", max_retries, int), hang_probe=not no_hang_probe)
+
     def cell_options(self, cell: Cell) -> BuildOptions:
         """The BuildOptions of one cell: what `invoke build --out <store>/<cell>` would get."""
         b = self.build
