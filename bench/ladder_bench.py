@@ -1,10 +1,11 @@
 """Benchmarks of the accuracy ladder.
 
-    .venv/bin/python bench/ladder_bench.py onnx-speed --export DIR [--utterances 10] [--threads 2]
-    .venv/bin/python bench/ladder_bench.py ladder --build DIR [--utterances 100] [--threads 2] [--rows ...]
+    .venv/bin/python bench/ladder_bench.py onnx-speed --export DIR [--utterances 10] [--threads 2] [--decoder fixed|cached]
+    .venv/bin/python bench/ladder_bench.py ladder --build DIR [--utterances 100] [--threads 2] [--rows ...] [--decoder ...]
 
 onnx-speed  utterances per second of the `onnx` row (the host-side transcriber on ONNX Runtime,
-            greedy decoding with the fixed-length decoder) on `--threads` intra-op threads, over
+            greedy decoding with the fixed-length decoder, or the cached decoder with `--decoder
+            cached`) on `--threads` intra-op threads, over
             espeak-ng sentences (3-5 s each, padded to the export's window). For a random-init
             model the decoder rarely emits end-of-text, so every utterance runs all seq_len steps:
             that is the worst case, reported as such.
@@ -61,7 +62,7 @@ def onnx_speed(args) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         speech = make_speech(Path(tmp) / "speech", args.utterances)
-        model = make_transcriber(args.export, "onnx", threads=args.threads)
+        model = make_transcriber(args.export, "onnx", decoder=args.decoder, threads=args.threads)
         eval_set = load_eval_set(speech, seconds=model.files.seconds)
         audio = [load_audio(speech / u.audio.path) for u in eval_set.utterances]
         # Mel + greedy decoding (tokens to text is negligible, and a random-init export has no tokenizer).
@@ -72,7 +73,8 @@ def onnx_speed(args) -> dict:
             decode(a)
         elapsed = time.monotonic() - started
     return {"export": str(args.export), "variant": model.files.variant, "window_s": model.files.seconds,
-            "seq_len": model.files.seq_len, "threads": args.threads, "utterances": len(audio),
+            "seq_len": model.files.seq_len, "decoder": model.decoder_name, "threads": args.threads,
+            "utterances": len(audio),
             "seconds": round(elapsed, 2), "utterances_per_s": round(len(audio) / elapsed, 3), "load": load_ratio()}
 
 
@@ -86,10 +88,11 @@ def ladder_time(args) -> dict:
         eval_set = eval_speech.load_eval_set(speech, seconds=seconds)
         started = time.monotonic()
         result = ladder.run_ladder(args.build, eval_set, args.rows.split(","), threads=args.threads,
-                                   log=lambda m: print(f"[{time.monotonic() - started:7.1f}s] {m}", flush=True))
+                                   decoder=args.decoder, log=lambda m: print(f"[{time.monotonic() - started:7.1f}s] {m}", flush=True))
         elapsed = time.monotonic() - started
     print(ladder.render_markdown(result))
-    return {"build": str(args.build), "utterances": result.used, "rows": args.rows, "threads": args.threads,
+    return {"build": str(args.build), "utterances": result.used, "rows": args.rows, "decoder": result.decoder,
+            "threads": args.threads,
             "total_s": round(elapsed, 1),
             "per_row_s_per_utterance": {r.name: r.seconds_per_utterance for r in result.rows if r.available},
             "load": load_ratio()}
@@ -108,6 +111,9 @@ def main() -> int:
     total.add_argument("--threads", type=int, default=2)
     total.add_argument("--rows", default=",".join(("reference", "onnx", "native", "quantized", "quantized-encoder",
                                                    "quantized-decoder", "device")))
+    for command in (speed, total):
+        command.add_argument("--decoder", choices=("fixed", "cached"), default=None,
+                             help="fixed-length or cached decoder (default: fixed for an export, the build's own)")
     args = parser.parse_args()
     if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
         print("needs espeak-ng and sox", file=sys.stderr)
