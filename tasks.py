@@ -31,21 +31,24 @@ from pipeline.tables import DEFAULT_ARCH, DEFAULT_VARIANT, MODELS
         "cpu": "Plan to run the DFC stages on the CPU on purpose (fine-tuning then takes hours).",
         "allow_gpu": "Accept a GPU the gate refuses or does not know (loud warning; it may hang).",
         "no_docker": "Plan to run the stages natively: check the installed hailo_sdk_client instead of Docker.",
+        "min_free_gb": "Free disk the build needs in GiB, as `invoke build --min-free-gb` (default 30).",
+        "min_memory_gb": "Available memory the build needs in GiB, as `invoke build --min-memory-gb` (default 16).",
         "json": "Print the report as JSON (for machines) instead of a table.",
     }
 )
 @_friendly_errors
 def doctor(c, arch=DEFAULT_ARCH, vendor="vendor", build_dir="build", cpu=False, allow_gpu=False,
-           no_docker=False, json=False):
+           no_docker=False, min_free_gb=None, min_memory_gb=None, json=False):
     """List every blocker a build would hit, each with its fix.
 
     Checks GPUs and the gate's decision, the driver, Docker Engine, NVIDIA container runtime,
     the DFC wheel in vendor/, free disk and memory. Exits 1 when a build would fail.
     """
+    from pipeline.host.build_options import resource_limits
     from pipeline.host.doctor import run_doctor
 
-    report = run_doctor(arch, vendor_dir=Path(vendor), build_dir=Path(build_dir), cpu=cpu,
-                        allow_gpu=allow_gpu, no_docker=no_docker)
+    report = run_doctor(arch, vendor_dir=Path(vendor), build_dir=Path(build_dir), cpu=cpu, allow_gpu=allow_gpu,
+                        no_docker=no_docker, **resource_limits(min_free_gb, min_memory_gb))
     if json:
         print(report.to_json())
     else:

@@ -35,3 +35,10 @@ def test_gpu_check_refuses_a_driver_that_is_not_a_version(tmp_path):
     code, output = _invoke("gpu-check", "--name", "NVIDIA A100-SXM4-80GB", "--compute", "8.0",
                            "--dfc-version", "3.33.1", "--driver", "banana", cwd=tmp_path)
     assert code == 2 and "Driver version 'banana' is not a version number" in output
+
+
+def test_doctor_takes_the_builds_resource_minimums(tmp_path):
+    code, output = _invoke("doctor", "--cpu", "--no-docker", "--min-free-gb", "100000", "--json", cwd=tmp_path)
+    assert code == 1 and "100000" in output  # no disk here has 100 TB free: the check names the minimum
+    code, output = _invoke("doctor", "--min-free-gb", "lots", cwd=tmp_path)
+    assert code == 2 and "--min-free-gb 'lots' is not a number" in output and "Traceback" not in output

@@ -182,6 +182,12 @@ def hub_token_env(environ: Mapping[str, str]) -> dict[str, str]:
     return {"HF_TOKEN": environ["HF_TOKEN"]} if environ.get("HF_TOKEN") else {}
 
 
+def resource_limits(min_free_gb=None, min_memory_gb=None) -> dict:
+    """`--min-free-gb` / `--min-memory-gb` as typed -> the keyword arguments of BuildOptions and run_doctor."""
+    given = (("min_free_disk_gib", "--min-free-gb", min_free_gb), ("min_memory_gib", "--min-memory-gb", min_memory_gb))
+    return {name: parse_number(flag, value) for name, flag, value in given if value is not None}
+
+
 def options_from_flags(environ: Mapping[str, str], *, seconds=None, seq_len=None, calib=None, calib_size=None,
                        model_script=None, out=None, force=None, vendor="vendor", wheelhouse=None, eval=None,
                        max_wer_increase=None, stall_limit=None, min_free_gb=None, min_memory_gb=None,
@@ -192,9 +198,6 @@ def options_from_flags(environ: Mapping[str, str], *, seconds=None, seq_len=None
     def number(flag, text, kind=float):
         return parse_number(flag, text, kind) if text is not None else None
 
-    limits = {name: number(flag, value) for name, flag, value in (
-        ("min_free_disk_gib", "--min-free-gb", min_free_gb), ("min_memory_gib", "--min-memory-gb", min_memory_gb))
-        if value is not None}
     return BuildOptions(
         **plain,
         seconds=number("--seconds", seconds),
@@ -212,7 +215,7 @@ def options_from_flags(environ: Mapping[str, str], *, seconds=None, seq_len=None
         stage_env={name: environ[name] for name in DOUBLE_FAULT_VARIABLES if environ.get(name)},
         stall_timeouts=parse_stall_limits(stall_limit or ()),
         stream_logs=verbose,
-        **limits,
+        **resource_limits(min_free_gb, min_memory_gb),
     )
 
 
