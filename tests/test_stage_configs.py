@@ -1,6 +1,6 @@
 """Each stage's command line is written once: its config's to_argv() is what its own parser reads
 back into the same config (pipeline/export/export.py, calib/config.py, pipeline/dfc/parse.py,
-optimize.py, compile.py)."""
+optimize.py, compile.py, emulate.py)."""
 
 from pathlib import Path
 
@@ -8,8 +8,9 @@ import pytest
 
 from calib.__main__ import build_parser as calib_parser, config_from_args
 from calib.config import DecoderSetConfig, DownloadConfig, EncoderSetConfig
-from pipeline.dfc import compile as compile_stage, optimize as optimize_stage, parse as parse_stage
+from pipeline.dfc import compile as compile_stage, emulate as emulate_stage, optimize as optimize_stage, parse as parse_stage
 from pipeline.dfc.compile import CompileConfig
+from pipeline.dfc.emulate import EmulateConfig, EmulatedRow, Half
 from pipeline.dfc.optimize import OptimizeConfig
 from pipeline.dfc.parse import ParseConfig
 from pipeline.export import export as export_stage
@@ -29,6 +30,15 @@ DFC_CONFIGS = [
                                     log=B / "logs/decoder-optimize.log")),
     (compile_stage, CompileConfig(B / "dfc/encoder/enc_optimized.har", "hailo8l", B / "dfc/encoder")),
     (compile_stage, CompileConfig(B / "dfc/decoder/dec_optimized.har", "hailo10h", B / "dfc/decoder", B / "c.log")),
+    (emulate_stage, EmulateConfig(B / "export", B / "eval/emulate/quantized/mel.npy",
+                                  (EmulatedRow("quantized", Half("quantized", B / "dfc/encoder/enc_optimized.har"),
+                                               Half("quantized", B / "dfc/decoder/dec_optimized.har")),),
+                                  B / "eval/emulate/quantized")),
+    (emulate_stage, EmulateConfig(B / "export", B / "m.npy",
+                                  (EmulatedRow("quantized-encoder", Half("quantized", B / "a:b/enc.har"), Half()),
+                                   EmulatedRow("native", Half("native", B / "enc.har"), None),
+                                   EmulatedRow("quantized-decoder", Half(), Half("quantized", B / "dec.har"))),
+                                  B / "out")),
 ]
 
 

@@ -133,6 +133,18 @@ def greedy_row(next_logits: Callable[[np.ndarray, int], np.ndarray], tokens_meta
     return row
 
 
+def fixed_length_tokens(decoder: Callable[[np.ndarray, np.ndarray], np.ndarray], states: np.ndarray,
+                        token_embedding: np.ndarray, positional_embedding: np.ndarray, tokens_meta: Mapping,
+                        seq_len: int) -> list[int]:
+    """Generated tokens of one window with a fixed-length decoder on any backend:
+    `decoder(states [positions, d], embedded [seq_len, d]) -> logits [seq_len, vocab]`, the tokens
+    embedded on the host (`token_embedding[token] + positional_embedding`)."""
+    def next_logits(row, last):
+        embedded = (token_embedding[row] + positional_embedding).astype(np.float32)
+        return decoder(states, embedded)[last]
+    return generated_tokens(greedy_row(next_logits, tokens_meta, seq_len), {"tokens": tokens_meta})
+
+
 def next_token_logits(decoder_session, export_meta: Mapping, token_embedding: np.ndarray,
                       positional_embedding: np.ndarray, encoder_states: np.ndarray, row: np.ndarray,
                       last: int) -> np.ndarray:

@@ -46,6 +46,7 @@ from pipeline.export.meta import read_export_json
 from pipeline.host.build_gate import run_gate
 from pipeline.files import remove_partial_files
 from pipeline.host.build_lock import BuildLock
+from pipeline.host.ladder_in_image import ImageEmulation
 from pipeline.host.build_options import BuildOptions, BuildResult, StageOutcome
 from pipeline.host.bundle import BUNDLE_FORMAT, bundle_files, make_bundle
 from pipeline.host.bundle_runtime import EXPORT_IMAGE_CONSTRAINTS, PYPROJECT, RUNTIME_ENTRY_MODULES, find_hailort_wheel
@@ -147,6 +148,12 @@ class _Builder:
     def rehearsal(self) -> bool:
         return is_rehearsal(dfc_results(self.layout, self.options.dfc_models), self.pre.wheel_is_test_double,
                             self.tools["dfc"].identity.get("dfc_version"))
+
+    def image_emulation(self) -> ImageEmulation:
+        """The WER gate's emulator rows as stage containers in this build's DFC image (Docker mode)."""
+        tool = self.tools["dfc"]
+        return ImageEmulation(lambda name, config: self.launch(name, tool, config),
+                              str(tool.identity.get("dfc_version") or "unknown"))
 
     def build_warnings(self, export: Mapping) -> list[str]:
         return list(self.pre.warnings) + quality_warnings(export, dfc_results(self.layout, self.options.dfc_models))
@@ -438,7 +445,8 @@ def _run_build(options: BuildOptions, console, doctor_probes) -> BuildResult:
         builder.run_stages(["export", "encoder-calib", *(["decoder-calib"] if "decoder" in models else []),
                             *(f"{m}-parse" for m in models)])
         _optimize_and_compile(builder, models, lambda: run_gate(
-            options, layout, lambda table: ui.rich.print(table, markup=False, highlight=False)))
+            options, layout, lambda table: ui.rich.print(table, markup=False, highlight=False),
+            None if options.no_docker else builder.image_emulation()))
         builder.run_stages(("bundle", "report"))
         export = read_export_json(layout.export_dir)
         rehearsal, build_warnings = builder.rehearsal(), builder.build_warnings(export)

@@ -4,27 +4,36 @@ compile; the table is printed and kept in <build>/eval/ladder.json for the manif
 report.md. With `--max-wer-increase POINTS`, a quantized WER more than POINTS above the onnx WER
 stops the build there: `GateFailed` (exit 1), nothing compiled.
 
-The emulator rows run in the build's own process, so they need the DFC (`hailo_sdk_client`)
-importable there: natively (`--no-docker`) or with the test double on the path. In Docker mode
-without a host DFC the quantized rows are "not available"; the gate then refuses to guess.
+The emulator rows run the DFC (`hailo_sdk_client`) in the build's own process where it imports
+there: natively (`--no-docker`) or with the test double on the path. In Docker mode, where only the
+DFC image has it, each emulator row runs as the emulate stage (pipeline/dfc/emulate.py) in the
+build's DFC image through the build's stage runner: the host sends the mel windows and reads back
+the tokens (or the encoder states, for the cached decoder), so the table is the same either way
+(logs/gate-<row>.log; s/utt then includes the container's start). A quantized row that still
+cannot run (e.g. a native build without the DFC) makes --max-wer-increase refuse rather than guess.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from pipeline.errors import ToolchainError
 from pipeline.files import write_json_atomic
 from pipeline.layout import Layout
+
+if TYPE_CHECKING:
+    from pipeline.host.ladder_in_image import ImageEmulation
 
 
 class GateFailed(ToolchainError):
     """The quantized networks lose more WER than --max-wer-increase allows (the build exits 1)."""
 
 
-def run_gate(options, layout: Layout, print_table: Callable[[str], None]) -> Optional[dict]:
-    """Run the gate rows when the build has evaluation speech; returns the ladder JSON (None without)."""
+def run_gate(options, layout: Layout, print_table: Callable[[str], None],
+             emulate_in_image: Optional["ImageEmulation"] = None) -> Optional[dict]:
+    """Run the gate rows when the build has evaluation speech; returns the ladder JSON (None without).
+    `emulate_in_image`: how the emulator rows reach the DFC image (Docker mode; None natively)."""
     if options.eval_dir is None and not options.eval_download:
         layout.ladder_json.unlink(missing_ok=True)  # an earlier build's table is not this build's
         return None
@@ -33,7 +42,8 @@ def run_gate(options, layout: Layout, print_table: Callable[[str], None]) -> Opt
     eval_options = EvalOptions(eval_dir=options.eval_dir, download=options.eval_download,
                                download_dest=layout.eval_dir / "download",
                                decoder="cached" if options.decoder == "cpu" else "fixed")
-    ladder = evaluate_build(layout.root, eval_options, GATE_ROWS, log=lambda m: None)
+    ladder = evaluate_build(layout.root, eval_options, GATE_ROWS, log=lambda m: None,
+                            emulate_in_image=emulate_in_image)
     table = render_markdown(ladder)
     print_table(table)
     increase = wer_increase(ladder)
@@ -46,7 +56,8 @@ def run_gate(options, layout: Layout, print_table: Callable[[str], None]) -> Opt
     if increase is None:
         why = next((r.why for r in ladder.rows if r.name == "quantized" and not r.available), "it did not run")
         raise ToolchainError(f"The WER gate cannot compare the quantized networks with onnx: the quantized row is not "
-                             f"available ({why}).", "Run the build natively (--no-docker) with the DFC installed, "
+                             f"available ({why}).", "Let the build reach optimize (in Docker mode the row runs in the DFC image; "
+                             "natively, --no-docker, the DFC must be installed in this environment), "
                              "or leave out --max-wer-increase.")
     if increase > limit:
         raise GateFailed(

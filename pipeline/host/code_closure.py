@@ -18,13 +18,14 @@ SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding pipeli
 PACKAGES = ("pipeline", "calib")
 
 # What stage containers run (`python -m <module>`): export and calibration in the export image,
-# parse/optimize/compile in the DFC images. Both images carry the closure of all of them.
+# parse/optimize/compile/emulate in the DFC images. Both images carry the closure of all of them.
 STAGE_ENTRY_MODULES = (
     "pipeline.export.export",
     "calib.__main__",
     "pipeline.dfc.parse",
     "pipeline.dfc.optimize",
     "pipeline.dfc.compile",
+    "pipeline.dfc.emulate",  # the WER gate's emulator rows in Docker mode
 )
 
 

@@ -13,7 +13,14 @@ Every row: corpus WER and CER with 95% bootstrap intervals, the paired differenc
 utterances used and skipped (and why), mean seconds per utterance; quantized rows show the
 optimize stage's SNR per output. A row whose stage the build has not reached, or whose runtime
 is missing, is "not available" with the reason; the others run. Nothing in the build directory
-is written or changed.
+is written or changed, except by emulator rows run in the DFC image (below).
+
+The emulator rows (native, quantized*) run the DFC (`hailo_sdk_client`) in this process where it
+is importable (natively, or the test double on the path). Where it is not and the caller can start
+stage containers (`invoke build` in Docker mode passes `emulate_in_image`), each such row runs as
+the emulate stage in the build's DFC image (pipeline/dfc/emulate.py, pipeline/host/ladder_in_image.py):
+the host's mel windows go in under <build>/eval/emulate/<row>/, tokens (or encoder states for the
+cached decoder) come back; its seconds per utterance include the container's start.
 
 Both decoders (pipeline/host/transcriber.py): `fixed`, the fixed-length decoder the Hailo decoder
 HEF runs (ONNX / emulator / device per row), or `cached`, the KV-cache decoder ONNX on the host
@@ -28,13 +35,16 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 
 from pipeline.errors import ToolchainError
 from pipeline.host import eval_speech, wer
 from pipeline.layout import Layout
+
+if TYPE_CHECKING:
+    from pipeline.host.ladder_in_image import ImageEmulation
 
 ROWS = ("reference", "onnx", "native", "quantized", "quantized-encoder", "quantized-decoder", "device")
 GATE_ROWS = ("onnx", "quantized", "quantized-encoder", "quantized-decoder")  # before compile
@@ -82,17 +92,23 @@ def _hars(layout: Layout, stage: str, models: Sequence[str] = ("encoder", "decod
     missing = [str(p) for p in hars.values() if not p.is_file()]
     if missing:
         raise NotAvailable(f"the build has not reached {stage} ({', '.join(missing)} missing)")
-    try:
-        import hailo_sdk_client  # noqa: F401  (only to say early why the row cannot run)
-    except ImportError as err:
-        raise NotAvailable(f"the DFC (hailo_sdk_client) is not importable here ({err}); run where it is installed") from None
     return hars
 
 
-def _dfc_note() -> str:
+def _dfc_missing_here() -> Optional[str]:
+    """Why the DFC cannot run in this process (None when `hailo_sdk_client` imports)."""
+    try:
+        import hailo_sdk_client  # noqa: F401  (only to say early why the row cannot run here)
+    except ImportError as err:
+        return f"the DFC (hailo_sdk_client) is not importable here ({err}); run where it is installed"
+    return None
+
+
+def _dfc_note(version: Optional[str] = None) -> str:
+    """What emulated the row: the DFC in this process, or `version` (a DFC image's)."""
     from pipeline.dfc.client import installed_dfc_version
 
-    version = installed_dfc_version()
+    version = version or installed_dfc_version()
     return ("DFC test double emulator: NOT DEPLOYABLE, its quantization is a stand-in"
             if "testdouble" in version else f"DFC {version} emulator")
 
@@ -108,6 +124,24 @@ def _snr(layout: Layout) -> dict:
 
 # --- the rows -----------------------------------------------------------------------------------
 
+# What a row builder returns: every utterance's audio -> its text (one call, so a row run in a
+# stage container starts one container).
+TranscribeAll = Callable[[Sequence[np.ndarray]], list]
+
+
+@dataclass(frozen=True)
+class RowInputs:
+    """What every row builder gets."""
+
+    layout: Layout
+    threads: Optional[int]
+    decoder: str  # DECODERS
+    emulate_in_image: Optional["ImageEmulation"] = None  # starts the emulate stage in the DFC image (Docker mode)
+
+
+def _each(transcribe: Callable[[np.ndarray], str]) -> TranscribeAll:
+    return lambda audios: [transcribe(a) for a in audios]
+
 
 def _token_decoder(files, decoder: str, fixed_decoder, threads: Optional[int]):
     from pipeline.host.transcriber import cached_decoding, fixed_decoding
@@ -115,7 +149,7 @@ def _token_decoder(files, decoder: str, fixed_decoder, threads: Optional[int]):
     return fixed_decoding(files, fixed_decoder) if decoder == "fixed" else cached_decoding(files, "float", threads)
 
 
-def _reference(layout: Layout, threads: Optional[int], decoder: str):
+def _reference(inputs: RowInputs):
     """transformers generate on the original checkpoint, 30 s windows."""
     import torch
 
@@ -124,10 +158,11 @@ def _reference(layout: Layout, threads: Optional[int], decoder: str):
     from pipeline.export.parity import hf_generation_config
     from pipeline.host.transcriber import Transcriber
 
+    layout = inputs.layout
     files = _export(layout)
     meta = json.loads(layout.export_json.read_text())
-    if threads:
-        torch.set_num_threads(threads)
+    if inputs.threads:
+        torch.set_num_threads(inputs.threads)
     loaded = load_whisper(meta["hf_id_or_path"], allow_download=False)
     prompt = meta["tokens"]["prompt"]
     config = hf_generation_config(meta["tokens"], REFERENCE_MAX_NEW_TOKENS, len(prompt) > 2)
@@ -148,23 +183,26 @@ def _reference(layout: Layout, threads: Optional[int], decoder: str):
             parts.append(texts.text(row[: row.index(end)] if end in row else row))
         return " ".join(p for p in parts if p)
 
-    return transcribe, ""
+    return _each(transcribe), ""
 
 
-def _onnx(layout: Layout, threads: Optional[int], decoder: str):
+def _onnx(inputs: RowInputs):
     from pipeline.host.transcriber import Transcriber, onnx_backend
 
-    files = _export(layout)
+    files, decoder, threads = _export(inputs.layout), inputs.decoder, inputs.threads
     encoder, fixed_decoder = onnx_backend(files, threads, with_decoder=decoder == "fixed")
-    return Transcriber(files, encoder, _token_decoder(files, decoder, fixed_decoder, threads)).transcribe, ""
+    return _each(Transcriber(files, encoder, _token_decoder(files, decoder, fixed_decoder, threads)).transcribe), ""
 
 
-def _emulated(encoder_context: Optional[str], decoder_context: Optional[str]):
+def _emulated(name: str, encoder_context: Optional[str], decoder_context: Optional[str]):
     """A row with each half on the emulator (context) or, where None, on ONNX Runtime. With the
-    cached decoder only the encoder can be emulated (the decoder runs on the host CPU)."""
-    def build(layout: Layout, threads: Optional[int], decoder: str):
-        from pipeline.host.transcriber import Transcriber, har_decoder, har_encoder, onnx_backend
+    cached decoder only the encoder can be emulated (the decoder runs on the host CPU). In this
+    process where the DFC imports, else in the DFC image when the caller can start it."""
+    def build(inputs: RowInputs):
+        from pipeline.dfc.emulate import har_decoder, har_encoder
+        from pipeline.host.transcriber import Transcriber, onnx_backend
 
+        layout, threads, decoder = inputs.layout, inputs.threads, inputs.decoder
         if decoder == "cached" and encoder_context is None:
             raise NotAvailable("the decoder runs on the host CPU (the cached decoder ONNX): the DFC does not quantize it")
         if decoder == "cached" and decoder_context is None:
@@ -174,25 +212,38 @@ def _emulated(encoder_context: Optional[str], decoder_context: Optional[str]):
         enc_har = _hars(layout, stages[encoder_context], ["encoder"])["encoder"] if encoder_context else None
         dec_har = (_hars(layout, stages[decoder_context], ["decoder"])["decoder"]
                    if decoder_context and decoder == "fixed" else None)
+        why_not_here = _dfc_missing_here()
+        if why_not_here and inputs.emulate_in_image is not None:
+            from pipeline.host.ladder_in_image import image_row
+
+            emulation = inputs.emulate_in_image
+            return (image_row(name, layout, files, (encoder_context, enc_har), (decoder_context, dec_har), decoder,
+                              emulation, threads),
+                    f"{_dfc_note(emulation.dfc_version)}; in the build's DFC image, s/utt includes the container's start")
+        if why_not_here:
+            raise NotAvailable(why_not_here)
         onnx_encoder, onnx_decoder = onnx_backend(files, threads, with_decoder=decoder == "fixed")
         dec_io = files.io["decoder"]
         encoder = har_encoder(enc_har, encoder_context) if enc_har else onnx_encoder
         fixed_decoder = (har_decoder(dec_har, decoder_context, dec_io["layers"], dec_io["inputs"])
                          if dec_har else onnx_decoder)
-        return Transcriber(files, encoder, _token_decoder(files, decoder, fixed_decoder, threads)).transcribe, _dfc_note()
+        transcriber = Transcriber(files, encoder, _token_decoder(files, decoder, fixed_decoder, threads))
+        return _each(transcriber.transcribe), _dfc_note()
     return build
 
 
-def _device(layout: Layout, threads: Optional[int], decoder: str):
+def _device(inputs: RowInputs):
     from pipeline.host.transcriber import make_transcriber
 
+    layout = inputs.layout
     config = layout.bundle_dir / "config.json"
     if not config.is_file():
         raise NotAvailable(f"the build has no bundle ({config} is missing): the device row runs the compiled HEFs")
     if not json.loads(config.read_text()).get("deployable", True):
         raise NotAvailable("the bundle's HEFs are test-double placeholders (NOT DEPLOYABLE); no device can run them")
     try:
-        return make_transcriber(layout.bundle_dir, "hailort", decoder=decoder, threads=threads).transcribe, ""
+        return _each(make_transcriber(layout.bundle_dir, "hailort", decoder=inputs.decoder,
+                                      threads=inputs.threads).transcribe), ""
     except ToolchainError as err:
         raise NotAvailable(str(err)) from None
 
@@ -200,10 +251,10 @@ def _device(layout: Layout, threads: Optional[int], decoder: str):
 ROW_BUILDERS = {
     "reference": _reference,
     "onnx": _onnx,
-    "native": _emulated("native", "native"),
-    "quantized": _emulated("quantized", "quantized"),
-    "quantized-encoder": _emulated("quantized", None),
-    "quantized-decoder": _emulated(None, "quantized"),
+    "native": _emulated("native", "native", "native"),
+    "quantized": _emulated("quantized", "quantized", "quantized"),
+    "quantized-encoder": _emulated("quantized-encoder", "quantized", None),
+    "quantized-decoder": _emulated("quantized-decoder", None, "quantized"),
     "device": _device,
 }
 
@@ -263,9 +314,11 @@ def build_decoder(layout: Layout) -> str:
 
 def run_ladder(build_dir: str | Path, eval_set: eval_speech.EvalSet, rows: Sequence[str] = ROWS, *,
                threads: Optional[int] = None, decoder: Optional[str] = None,
-               log: Callable[[str], None] = lambda m: None) -> Ladder:
+               log: Callable[[str], None] = lambda m: None,
+               emulate_in_image: Optional["ImageEmulation"] = None) -> Ladder:
     """Every requested row on the same utterances; see the module docstring. `decoder`: "fixed" or
-    "cached" (None: the build's own)."""
+    "cached" (None: the build's own). `emulate_in_image` (pipeline/host/ladder_in_image.py) runs the
+    emulator rows in the DFC image where the DFC does not import here (None: those rows are not available)."""
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         raise ToolchainError(f"Unknown ladder rows {unknown}.", f"Choose from: {', '.join(ROWS)}.")
@@ -291,7 +344,7 @@ def run_ladder(build_dir: str | Path, eval_set: eval_speech.EvalSet, rows: Seque
     for name in ordered:
         log(f"row {name}: {len(utterances)} utterances")
         try:
-            transcribe, note = ROW_BUILDERS[name](layout, threads, decoder)
+            transcribe_all, note = ROW_BUILDERS[name](RowInputs(layout, threads, decoder, emulate_in_image))
         except NotAvailable as err:
             results.append(Row(name, False, why=str(err)))
             continue
@@ -299,7 +352,7 @@ def run_ladder(build_dir: str | Path, eval_set: eval_speech.EvalSet, rows: Seque
             results.append(Row(name, False, why=str(err)))
             continue
         row_started = time.monotonic()
-        texts = [transcribe(a) for a in audio]
+        texts = transcribe_all(audio)
         row = Row(name, True, note=note, texts=texts,
                   seconds_per_utterance=round((time.monotonic() - row_started) / len(audio), 4))
         words, chars = wer.error_counts(references, [wer.normalize(t) for t in texts])
@@ -412,7 +465,8 @@ def build_window_seconds(build_dir: Path) -> float:
 
 
 def evaluate_build(build_dir: str | Path, options: EvalOptions, rows: Sequence[str] = ROWS,
-                   log: Callable[[str], None] = lambda m: None) -> Ladder:
+                   log: Callable[[str], None] = lambda m: None,
+                   emulate_in_image: Optional["ImageEmulation"] = None) -> Ladder:
     """Load the evaluation speech for the build's window and run the ladder."""
     seconds = build_window_seconds(Path(build_dir))
     root = options.eval_dir
@@ -420,4 +474,5 @@ def evaluate_build(build_dir: str | Path, options: EvalOptions, rows: Sequence[s
         root = eval_speech.download_test_clean(options.download_dest)
     eval_set = eval_speech.load_eval_set(root, seconds=seconds, long=options.long, limit=options.limit)
     log(f"{len(eval_set.utterances)} utterances from {eval_set.root} ({len(eval_set.skipped)} skipped)")
-    return run_ladder(build_dir, eval_set, rows, threads=options.threads, decoder=options.decoder, log=log)
+    return run_ladder(build_dir, eval_set, rows, threads=options.threads, decoder=options.decoder, log=log,
+                      emulate_in_image=emulate_in_image)

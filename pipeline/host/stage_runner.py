@@ -14,6 +14,7 @@ from rich.console import Console
 
 from calib.config import DecoderSetConfig, DownloadConfig, EncoderSetConfig
 from pipeline.dfc.compile import CompileConfig
+from pipeline.dfc.emulate import EmulateConfig
 from pipeline.dfc.optimize import OptimizeConfig
 from pipeline.dfc.parse import ParseConfig
 from pipeline.export.export import ExportConfig
@@ -27,7 +28,7 @@ from pipeline.layout import Layout
 
 # What the builder launches: a stage's config, run as `python -m <module> <config.to_argv()>`.
 StageConfig = Union[ExportConfig, EncoderSetConfig, DecoderSetConfig, DownloadConfig, ParseConfig, OptimizeConfig,
-                    CompileConfig]
+                    CompileConfig, EmulateConfig]
 
 
 class BuildConsole:

@@ -165,31 +165,6 @@ def onnx_backend(files: ModelFiles, threads: Optional[int] = None,
     return encode, (decode if with_decoder else None)
 
 
-def har_encoder(har: Path, context: str) -> Encoder:
-    """The DFC emulator on an encoder HAR: NHWC [1, 1, frames, 80] in, [1, 1, positions, d] out."""
-    from pipeline.dfc.client import Emulator
-
-    emulator = Emulator(har, context)
-    return lambda mel: np.asarray(emulator.run(mel[None, None]))[0, 0]
-
-
-def har_decoder(har: Path, context: str, layers: Mapping[str, str], inputs: Sequence[str]) -> Decoder:
-    """The DFC emulator on a decoder HAR; `layers` maps <net>/input_layerN to the ONNX input
-    names `inputs` = (encoder states, embeddings)."""
-    from pipeline.dfc.client import Emulator
-
-    emulator = Emulator(har, context)
-    states_layer = next(layer for layer, name in layers.items() if name == inputs[0])
-    embed_layer = next(layer for layer, name in layers.items() if name == inputs[1])
-
-    def decode(states, embedded):
-        parts = emulator.run({states_layer: states[None, None], embed_layer: embedded[None, None]})
-        parts = parts if isinstance(parts, list) else [parts]
-        return np.concatenate([np.asarray(p)[0, 0] for p in parts], axis=-1)
-
-    return decode
-
-
 def hailort_backend(files: ModelFiles, with_decoder: bool = True) -> tuple[Encoder, Optional[Decoder]]:
     """The HEFs (or the encoder HEF alone) on the attached Hailo device (hailo_platform); a clear
     error when there is none."""
@@ -253,18 +228,11 @@ def hailort_backend(files: ModelFiles, with_decoder: bool = True) -> tuple[Encod
 
 def fixed_decoding(files: ModelFiles, decoder: Decoder) -> TokenDecoder:
     """Greedy decoding with a fixed-length decoder (any backend) and the host-side embedding."""
-    from pipeline.export.onnx_greedy import generated_tokens, greedy_row
+    from pipeline.export.onnx_greedy import fixed_length_tokens
 
     token_embedding, positional_embedding = np.load(files.token_embedding), np.load(files.positional_embedding)
-    meta = {"tokens": files.tokens}
-
-    def decode(states: np.ndarray) -> list:
-        def next_logits(row, last):
-            embedded = (token_embedding[row] + positional_embedding).astype(np.float32)
-            return decoder(states, embedded)[last]
-        return generated_tokens(greedy_row(next_logits, files.tokens, files.seq_len), meta)
-
-    return decode
+    return lambda states: fixed_length_tokens(decoder, states, token_embedding, positional_embedding, files.tokens,
+                                              files.seq_len)
 
 
 def cached_decoding(files: ModelFiles, precision: str = "float", threads: Optional[int] = None) -> TokenDecoder:
@@ -322,9 +290,13 @@ class Transcriber:
         padded[: len(audio)] = audio
         return [log_mel(padded[i * samples:(i + 1) * samples]) for i in range(count)]
 
+    def text_of_windows(self, window_tokens: Sequence[Sequence[int]]) -> str:
+        """One utterance's text from the tokens of its windows (see `windows`), texts joined."""
+        return " ".join(t for t in map(self.text, window_tokens) if t)
+
     def transcribe(self, audio: np.ndarray) -> str:
         """Text of 16 kHz mono audio; longer than the window: cut at the window, texts joined."""
-        return " ".join(t for t in (self.text(self.tokens(mel)) for mel in self.windows(audio)) if t)
+        return self.text_of_windows([self.tokens(mel) for mel in self.windows(audio)])
 
 
 def make_transcriber(model_dir: str | Path, backend: str = "onnx", *, decoder: Optional[str] = None,
@@ -345,6 +317,8 @@ def make_transcriber(model_dir: str | Path, backend: str = "onnx", *, decoder: O
     if backend == "onnx":
         encoder, fixed_decoder = onnx_backend(files, threads, with_decoder=fixed)
     elif backend == "har":
+        from pipeline.dfc.emulate import har_decoder, har_encoder  # the emulator's feeding lives with its stage
+
         if not hars or not hars.get("encoder") or (fixed and not hars.get("decoder")):
             raise ToolchainError("The har backend needs the encoder HAR (and the decoder HAR for the fixed decoder).",
                                  "Pass --encoder-har (and --decoder-har).")

