@@ -114,8 +114,9 @@ def test_quantization_changes_the_transcripts_and_16_bit_everywhere_narrows_the_
     bits8 = ladder.run_ladder(tiny_en_build, eval_set, rows)
     bits16 = ladder.run_ladder(tiny_en_build_16_bit, eval_set, rows)
     q8, q16 = bits8.row("quantized"), bits16.row("quantized")
-    assert q8.wer != bits8.row("onnx").wer  # a real change, not a copy of the float network
-    assert q8.changed_vs_onnx > 0
+    # A real change, not a copy of the float network: words differ (the corpus WER of 8 utterances
+    # may still come out equal, a word lost in one and gained in another; it did once).
+    assert q8.changed_vs_onnx > 0 and q8.texts != bits8.row("onnx").texts
     # On a few utterances 8 bits may change a single word, so the transcripts alone cannot show a
     # strict gain; they must not get worse, and the encoder's states must get measurably closer.
     assert q16.changed_vs_onnx <= q8.changed_vs_onnx
