@@ -61,3 +61,21 @@ def build_test_image(target: str, vendor_dir: Path) -> ImageRef:
 if __name__ == "__main__":  # warm the caches by hand: python -m tests.docker_fixtures
     print(ensure_test_base_image())
     print(ensure_wheelhouse())
+
+
+def build_inputs_or_skip(vendor_dir: Path) -> tuple[Path, str, Path]:
+    """(vendor folder with the double's wheel, base image, wheelhouse) for a Docker-mode test build,
+    the export and dfc3 test images built; the test is skipped where they cannot be made here."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("docker") is None:
+        pytest.skip("docker is not installed")
+    try:
+        # The build's own ensure_image then finds these images by their content tags.
+        for target in ("export", "dfc3"):
+            build_test_image(target, vendor_dir)
+        return vendor_dir, ensure_test_base_image(), ensure_wheelhouse()
+    except Exception as err:  # no daemon, no debootstrap: the containers' tests say why
+        pytest.skip(f"test images cannot be made here: {err}")

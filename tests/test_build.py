@@ -393,18 +393,8 @@ def test_docker_build_end_to_end(tmp_path, random_whisper_dir, speech_dir):
     import shutil
 
     docker_fixtures = pytest.importorskip("tests.docker_fixtures")
-    if shutil.which("docker") is None:
-        pytest.skip("docker is not installed")
-    vendor = tmp_path / "vendor"
-    try:
-        # The containers' test images (debootstrapped base, host wheelhouse, the DFC double as a
-        # wheel in vendor/); the build's own ensure_image then finds them by their content tags.
-        for target in ("export", "dfc3"):
-            docker_fixtures.build_test_image(target, vendor)
-        base_image = docker_fixtures.ensure_test_base_image()
-        wheelhouse = docker_fixtures.ensure_wheelhouse()
-    except Exception as err:  # no daemon, no debootstrap: the containers' tests say why
-        pytest.skip(f"test images cannot be made here: {err}")
+    # The containers' test images (debootstrapped base, host wheelhouse, the DFC double as a wheel in vendor/).
+    vendor, base_image, wheelhouse = docker_fixtures.build_inputs_or_skip(tmp_path / "vendor")
     # Inputs the containers read are copied under tmp_path so their paths can be mounted.
     model = Path(shutil.copytree(random_whisper_dir("tiny"), tmp_path / "model"))
     audio = Path(shutil.copytree(speech_dir, tmp_path / "speech"))

