@@ -100,7 +100,9 @@ def _dfc_missing_here() -> Optional[str]:
     try:
         import hailo_sdk_client  # noqa: F401  (only to say early why the row cannot run here)
     except ImportError as err:
-        return f"the DFC (hailo_sdk_client) is not importable here ({err}); run where it is installed"
+        return (f"the DFC (hailo_sdk_client) is not importable here ({err}); run where it is installed, or "
+                "for a Docker-mode build rerun `invoke build` with the same flags and --eval: its stages are up "
+                "to date and the gate runs the quantized rows in the build's DFC image")
     return None
 
 
