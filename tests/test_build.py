@@ -353,11 +353,13 @@ def test_native_build_with_the_decoder_on_the_cpu(tmp_path, monkeypatch, random_
     bundle = build / "bundle"
     expected = {f"{export['encoder']['net_name']}.hef", "config.json", "README.md", cached["encoder_padding"],
                 *(name for files in cached["files"].values() for name in files.values()),
-                "runtime", "requirements.txt", "install.sh"}
+                "runtime", "requirements.txt", "install.sh", "onnx"}
     assert {p.name for p in bundle.iterdir()} == expected
-    for name in expected - {"config.json", "README.md", "runtime", "requirements.txt", "install.sh"} - {
+    for name in expected - {"config.json", "README.md", "runtime", "requirements.txt", "install.sh", "onnx"} - {
             f"{export['encoder']['net_name']}.hef"}:
         assert (bundle / name).read_bytes() == (build / "export" / name).read_bytes()
+    # The encoder ONNX rides along for the transcriber's float backend (--backend onnx).
+    assert [p.name for p in (bundle / "onnx").iterdir()] == [export["encoder"]["onnx"]]
     config = json.loads((bundle / "config.json").read_text())
     assert config["decoder"]["runs_on"] == "cpu"
     assert config["decoder"]["parity"]["float"]["greedy_token_mismatches_vs_generate"] == 0
