@@ -15,9 +15,9 @@ from pathlib import Path
 from invoke import Exit, task
 
 from pipeline.errors import ToolchainError
-from pipeline.host.task_errors import friendly_errors as _friendly_errors
+from pipeline.host.task_errors import friendly_errors as _friendly_errors, require_flags
 from pipeline.layout import Layout
-from pipeline.tables import DEFAULT_ARCH, DEFAULT_VARIANT, MODELS
+from pipeline.tables import DEFAULT_ARCH, DEFAULT_VARIANT, MODELS, resolve_spec
 
 
 # --- foundation: GPU gate and doctor (pipeline/host/gpu.py, pipeline/host/doctor.py) -------------------
@@ -68,7 +68,7 @@ def doctor(c, arch=DEFAULT_ARCH, vendor="vendor", build_dir="build", cpu=False, 
     }
 )
 @_friendly_errors
-def gpu_check(c, name, compute, dfc_version=None, arch=DEFAULT_ARCH, vendor="vendor", driver=None):
+def gpu_check(c, name=None, compute=None, dfc_version=None, arch=DEFAULT_ARCH, vendor="vendor", driver=None):
     """Judge a GPU for the image a DFC version uses, without having the card (e.g. before renting one).
 
     Prints the decision and why (native, JIT with its one-time cost, unsupported, field report);
@@ -79,6 +79,7 @@ def gpu_check(c, name, compute, dfc_version=None, arch=DEFAULT_ARCH, vendor="ven
     from pipeline.host.vendor import find_dfc_wheel
     from pipeline.tables import get_arch, image_for_dfc
 
+    require_flags(name=name, compute=compute)
     version = dfc_version or find_dfc_wheel(get_arch(arch).dfc, Path(vendor)).version
     gpu, verdict = check_card(name, compute, version, driver)
     print(f"{verdict.status.value}: {verdict.message(gpu, image_for_dfc(version))} (DFC {version})")
@@ -115,11 +116,12 @@ def export(c, variant=DEFAULT_VARIANT, seconds=None, seq_len=None, model=None, o
     print(f"export written to {result.export_json.parent}")
 
 
-@task(name="graph-check", help={"onnx": "an exported .onnx file", "json": "print the report as JSON"})
-def graph_check(c, onnx, json=False):
+@task(name="graph-check", positional=["onnx"], help={"onnx": "an exported .onnx file", "json": "print the report as JSON"})
+def graph_check(c, onnx=None, json=False):
     """Check an ONNX graph against the DFC graph rules (pipeline/export/GRAPH_RULES.md); exit 0 conforms, 1 not."""
     from pipeline.export.graph_check import main
 
+    require_flags(onnx=onnx)
     code = main([onnx] + (["--json"] if json else []))
     if code:
         raise Exit(code=code)
@@ -153,8 +155,6 @@ def calib(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, audio=None, download=Fa
     from calib.encoder_set import EncoderSetConfig, build_encoder_set
     from calib.librispeech import download_librispeech
     from pipeline.dfc.model_scripts import calibration_entries_needed
-    from pipeline.tables import resolve_spec
-
     from pipeline.host.build_options import parse_number
 
     spec = resolve_spec(variant, arch, None if seconds is None else parse_number("--seconds", seconds))
@@ -187,8 +187,6 @@ def _dfc_models(model):
 
 def _build_layout(variant, arch, build_dir) -> Layout:
     """The build directory a task works in: --build-dir, else build/<variant>-<arch> (BuildSpec.build_name)."""
-    from pipeline.tables import resolve_spec
-
     return Layout(Path(build_dir) if build_dir else Path("build") / resolve_spec(variant, arch).build_name)
 
 
@@ -312,14 +310,8 @@ def image(c, target=None, dfc_version=None, dry_run=False, repin=False, base_ima
     if dfc_version:
         raise ToolchainError("--dfc-version only goes with --dry-run: a build uses the wheel in --vendor.",
                              "Drop --dfc-version, or put that version's wheel in vendor/.")
-    ref = ensure_image(
-        target,
-        base_image=base_image,
-        wheelhouse=Path(wheelhouse) if wheelhouse else None,
-        vendor_dir=Path(vendor),
-        dfc_wheel_sha256=dfc_sha256,
-        repin=repin,
-    )
+    ref = ensure_image(target, base_image=base_image, wheelhouse=Path(wheelhouse) if wheelhouse else None,
+                       vendor_dir=Path(vendor), dfc_wheel_sha256=dfc_sha256, repin=repin)
     print(f"{ref.tag} {ref.id}")
 
 
@@ -403,23 +395,30 @@ def build(c, variant=DEFAULT_VARIANT, arch=DEFAULT_ARCH, seconds=None, seq_len=N
         "threads": "CPU threads for ONNX Runtime / torch (default: all)",
         "decoder": "fixed (the fixed-length decoder the decoder HEF runs) or cached (the KV-cache decoder ONNX "
                    "on the host CPU); default: the build's own (--decoder cpu builds: cached)",
+        "vendor": "a Docker-mode build's --vendor: the emulator rows run in its DFC image if the DFC is not here",
+        "base_image": "the Docker-mode build's --base-image (so its DFC image is found, not rebuilt)",
+        "wheelhouse": "the Docker-mode build's --wheelhouse (likewise)",
         "json": "print the ladder as JSON instead of a table",
     }
 )
 @_friendly_errors
-def evaluate(c, build_dir, eval=None, eval_download=False, eval_dest="build/eval-download", rows=None,
-             long="skip", limit=None, threads=None, decoder=None, json=False):
+def evaluate(c, build_dir=None, eval=None, eval_download=False, eval_dest="build/eval-download", rows=None,
+             long="skip", limit=None, threads=None, decoder=None, vendor="vendor", base_image=None, wheelhouse=None,
+             json=False):
     """The accuracy ladder: WER/CER of the same utterances from the checkpoint down to the device."""
     import json as json_module
 
+    from pipeline.host.build import image_emulation_for
+    from pipeline.host.build_options import parse_number
     from pipeline.host.ladder import ROWS, EvalOptions, evaluate_build, render_markdown
 
+    require_flags(build_dir=build_dir)
     options = EvalOptions(eval_dir=Path(eval) if eval else None, download=eval_download,
-                          download_dest=Path(eval_dest), long=long,
-                          limit=int(limit) if limit is not None else None,
-                          threads=int(threads) if threads is not None else None, decoder=decoder)
-    chosen = tuple(r.strip() for r in rows.split(",")) if rows else ROWS
-    ladder = evaluate_build(Path(build_dir), options, chosen, log=lambda m: print(m, file=sys.stderr, flush=True))
+                          download_dest=Path(eval_dest), long=long, decoder=decoder,
+                          **{k: parse_number(f"--{k}", v, int) for k, v in (("limit", limit), ("threads", threads)) if v})
+    emulation = image_emulation_for(Path(build_dir), Path(vendor), base_image, Path(wheelhouse) if wheelhouse else None)
+    ladder = evaluate_build(Path(build_dir), options, tuple(r.strip() for r in rows.split(",")) if rows else ROWS,
+                            log=lambda m: print(m, file=sys.stderr, flush=True), emulate_in_image=emulation)
     print(json_module.dumps(ladder.to_json(), indent=2) if json else render_markdown(ladder))
 
 

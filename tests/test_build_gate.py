@@ -1,24 +1,29 @@
 """pipeline/host/build_gate.py in Docker mode: the host has no DFC, so the gate's emulator rows run
 as the emulate stage (pipeline/dfc/emulate.py) in the build's DFC image (the test image with the
-DFC test double as its wheel), and a too-strict --max-wer-increase stops the build before compile.
+DFC test double as its wheel), and a too-strict --max-wer-increase stops the build before compile;
+after the build finishes, `invoke evaluate`'s emulator rows run in the same image
+(pipeline/host/build.py `image_emulation_for`).
 
 Real tiny.en (the CTranslate2 package) at a 10 s window, seq_len 32, quick profile with 4-bit
 weights everywhere (a quantization that clearly hurts), espeak-ng speech with transcripts. The
 native-mode gate is tested in tests/test_ladder.py.
 """
 
+import io
 import json
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from pipeline.dfc.model_scripts import resolve_model_script
-from pipeline.host.build import run_build
+from pipeline.host.build import image_emulation_for, run_build
 from pipeline.host.build_gate import GateFailed
 from pipeline.host.build_options import BuildOptions
+from pipeline.host.ladder import EvalOptions, evaluate_build
 
 LOW_MINIMUMS = {"min_free_disk_gib": 1, "min_memory_gib": 0.5}  # the test's build is small
 
@@ -69,3 +74,27 @@ def test_docker_mode_gate_runs_the_quantized_rows_in_the_dfc_image_and_stops_bef
     assert "| quantized |" in printed and "| quantized | not available" not in printed
     assert [*build.glob("dfc/*/*.hef"), *build.glob("dfc/*/*_compiled.har")] == []  # nothing compiled
     assert not (build / ".stages" / "encoder-compile.json").exists()
+
+    # The build without the gate compiles and writes its manifest; `invoke evaluate` then runs the
+    # native and quantized rows in the build's DFC image (this process still has no DFC).
+    run_build(replace(options, eval_dir=None, max_wer_increase=None), console=Console(file=io.StringIO()))
+    emulation = image_emulation_for(build, vendor, base_image, wheelhouse)
+    assert emulation is not None and "testdouble" in emulation.dfc_version
+    result = evaluate_build(build, EvalOptions(eval_dir=eval_speech_dir), ("onnx", "native", "quantized"),
+                            emulate_in_image=emulation)
+    onnx, native, quantized = (result.row(name) for name in ("onnx", "native", "quantized"))
+    assert native.available and quantized.available, (native.why, quantized.why)
+    assert native.texts == onnx.texts  # the float network in the emulator: the same words
+    assert quantized.changed_vs_onnx > 0 and "in the build's DFC image" in quantized.note
+    assert (build / "logs" / "gate-native.log").is_file()
+
+
+def test_evaluate_runs_the_emulator_rows_here_unless_a_docker_mode_build_needs_its_image(tmp_path, monkeypatch):
+    vendor = tmp_path / "vendor"
+    assert image_emulation_for(tmp_path / "none", vendor) is None  # no manifest: nothing to say which image
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "manifest.json").write_text(json.dumps({"build": {"mode": "native", "variant": "tiny", "arch": "hailo8l",
+                                                               "seconds": 10, "seq_len": 32}}))
+    monkeypatch.setitem(sys.modules, "hailo_sdk_client", None)
+    assert image_emulation_for(build, vendor) is None  # a native build's DFC is wherever it ran

@@ -42,3 +42,15 @@ def test_doctor_takes_the_builds_resource_minimums(tmp_path):
     assert code == 1 and "100000" in output  # no disk here has 100 TB free: the check names the minimum
     code, output = _invoke("doctor", "--min-free-gb", "lots", cwd=tmp_path)
     assert code == 2 and "--min-free-gb 'lots' is not a number" in output and "Traceback" not in output
+
+
+def test_every_task_explains_itself_with_help_and_names_a_missing_required_flag(tmp_path):
+    code, listing = _invoke("--list", cwd=tmp_path)
+    tasks = [line.split()[0] for line in listing.splitlines()[1:] if line.startswith("  ") and line.split()
+             and not line.startswith("    ")]
+    assert {"build", "evaluate", "gpu-check", "graph-check", "doctor"} <= set(tasks)
+    for name in tasks:
+        code, output = _invoke(name, "--help", cwd=tmp_path)
+        assert code == 0 and "usage" in output.lower() and "Traceback" not in output, (name, output[-500:])
+    code, output = _invoke("evaluate", "--eval", str(tmp_path), cwd=tmp_path)
+    assert code == 2 and "--build-dir is required" in output

@@ -377,6 +377,39 @@ def run_cell_stage(options: BuildOptions, stage: str, pre: Preflight, *, console
     return builder.run_stage(stage)
 
 
+def image_emulation_for(build_dir: Path, vendor_dir: Path, base_image: Optional[str] = None,
+                        wheelhouse: Optional[Path] = None, console=None) -> Optional[ImageEmulation]:
+    """`invoke evaluate`'s emulator rows as emulate-stage containers in the DFC image of a Docker-mode
+    build (its manifest.json says so), where this process has no DFC; None where they run here
+    (the DFC imports, or the build ran natively) or the build has no manifest. The containers run
+    on the CPU and take no build lock: they read the HARs and write only under <build>/eval/emulate/.
+    `base_image`/`wheelhouse`: as the build was given them, so its image is found, not rebuilt."""
+    import importlib.util
+
+    from pipeline.host.vendor import find_dfc_wheel
+
+    layout = Layout(Path(build_dir))
+    if importlib.util.find_spec("hailo_sdk_client") is not None or not layout.manifest.is_file():
+        return None
+    build = json.loads(layout.manifest.read_text()).get("build", {})
+    if build.get("mode") != "docker":
+        return None
+    options = BuildOptions(variant=build["variant"], arch=build["arch"], seconds=build["seconds"],
+                           seq_len=build["seq_len"], decoder=build.get("decoder", "hailo"), out=layout.root,
+                           cpu=True, vendor_dir=Path(vendor_dir), base_image=base_image, wheelhouse=wheelhouse,
+                           stream_logs=False)
+    spec, ui = options.spec, BuildConsole(console, options.stream_logs)
+    try:
+        wheel = find_dfc_wheel(spec.arch.dfc, options.vendor_dir)
+        pre = Preflight(gpu_device_ids=(), gpu={"mode": "cpu"}, wheel_version=wheel.version,
+                        wheel_is_test_double=wheel.is_test_double, warnings=())
+        tools = resolve_tools(options, spec, pre.wheel_version, layout.logs, ui.stream, roles=("dfc",))
+    except ToolchainError as err:  # the other rows still run; these say the DFC is not here
+        ui.warn(f"the emulator rows cannot run in the build's DFC image: {err}")
+        return None
+    return _Builder(options, spec, layout, pre, tools, StageCache(layout.root), ui, probe_gpu=False).image_emulation()
+
+
 def _optimize_and_compile(builder: _Builder, models: Sequence[str], gate: Callable[[], None]) -> None:
     """Each model's optimize, then `gate` (the WER gate: it needs every optimized HAR and must stop
     the build before any compile), then each compile. With a GPU for each model, the optimize runs

@@ -17,7 +17,8 @@ is written or changed, except by emulator rows run in the DFC image (below).
 
 The emulator rows (native, quantized*) run the DFC (`hailo_sdk_client`) in this process where it
 is importable (natively, or the test double on the path). Where it is not and the caller can start
-stage containers (`invoke build` in Docker mode passes `emulate_in_image`), each such row runs as
+stage containers (`invoke build` and `invoke evaluate` of a Docker-mode build pass `emulate_in_image`,
+pipeline/host/build.py `image_emulation_for`), each such row runs as
 the emulate stage in the build's DFC image (pipeline/dfc/emulate.py, pipeline/host/ladder_in_image.py):
 the host's mel windows go in under <build>/eval/emulate/<row>/, tokens (or encoder states for the
 cached decoder) come back; its seconds per utterance include the container's start.
@@ -100,9 +101,9 @@ def _dfc_missing_here() -> Optional[str]:
     try:
         import hailo_sdk_client  # noqa: F401  (only to say early why the row cannot run here)
     except ImportError as err:
-        return (f"the DFC (hailo_sdk_client) is not importable here ({err}); run where it is installed, or "
-                "for a Docker-mode build rerun `invoke build` with the same flags and --eval: its stages are up "
-                "to date and the gate runs the quantized rows in the build's DFC image")
+        return (f"the DFC (hailo_sdk_client) is not importable here ({err}); run where it is installed (for a "
+                "Docker-mode build, `invoke evaluate` runs these rows in the build's DFC image: give it the build's "
+                "--vendor, --base-image and --wheelhouse)")
     return None
 
 

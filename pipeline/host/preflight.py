@@ -11,7 +11,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from pipeline.dfc import model_scripts
 from pipeline.errors import ToolchainError
@@ -72,8 +72,9 @@ def _native_dfc_identity(env: Mapping[str, str]) -> dict:
 
 
 def resolve_tools(options: BuildOptions, spec: BuildSpec, wheel_version: Optional[str],
-                  log_dir: Optional[Path] = None, console=None) -> dict[str, Tool]:
-    """The export tool and the DFC tool; builds (or finds up to date) the images in Docker mode."""
+                  log_dir: Optional[Path] = None, console=None, roles: Sequence[str] = ("export", "dfc")) -> dict[str, Tool]:
+    """The export tool and the DFC tool (those of `roles` in Docker mode); builds (or finds up to
+    date) the images in Docker mode."""
     if options.no_docker:
         python = {"python": platform.python_version()}
         dfc = _native_dfc_identity(options.stage_env)
@@ -87,6 +88,8 @@ def resolve_tools(options: BuildOptions, spec: BuildSpec, wheel_version: Optiona
 
     tools = {}
     for role, kind in (("export", "export"), ("dfc", spec.arch.series)):
+        if role not in roles:
+            continue
         ref = ensure_image(kind, base_image=options.base_image, wheelhouse=options.wheelhouse,
                            vendor_dir=options.vendor_dir, log_dir=log_dir, console=console)
         identity = {"mode": "docker", "image_id": ref.id}

@@ -26,3 +26,12 @@ def friendly_errors(fn):
             raise Exit(f"{stop}: the running stage was stopped; rerun to resume", code=stop.exit_code) from None
 
     return wrapper
+
+
+def require_flags(**values) -> None:
+    """Flags a task needs, kept optional in its signature so that `invoke <task> --help` is not taken
+    as their value: a ToolchainError naming every one left out."""
+    missing = [f"--{name.replace('_', '-')}" for name, value in values.items() if value is None]
+    if missing:
+        raise ToolchainError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required.",
+                             "See `invoke <task> --help` for what each takes.")
