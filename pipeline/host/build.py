@@ -51,7 +51,8 @@ from pipeline.host.build_options import BuildOptions, BuildResult, StageOutcome
 from pipeline.host.bundle import BUNDLE_FORMAT, bundle_files, make_bundle
 from pipeline.host.bundle_runtime import EXPORT_IMAGE_CONSTRAINTS, PYPROJECT, RUNTIME_ENTRY_MODULES, find_hailort_wheel
 from pipeline.host.code_closure import code_fingerprint
-from pipeline.host.manifest import dfc_version_of, is_rehearsal, make_manifest, print_summary, quality_warnings, write_report
+from pipeline.host.manifest import (dfc_version_of, is_rehearsal, make_manifest, print_summary, quality_warnings,
+                                   recorded_build, write_report)
 from pipeline.host.preflight import (Preflight, Tool, audio_files, calibration_entries_needed, model_script_path,
                                      preflight, resolve_tools, resolved_script)
 from pipeline.host.stage_cache import STAGE_ORDER, StageCache, StageInputs, StageRecord, files_under, resolve_force
@@ -389,10 +390,8 @@ def image_emulation_for(build_dir: Path, vendor_dir: Path, base_image: Optional[
     from pipeline.host.vendor import find_dfc_wheel
 
     layout = Layout(Path(build_dir))
-    if importlib.util.find_spec("hailo_sdk_client") is not None or not layout.manifest.is_file():
-        return None
-    build = json.loads(layout.manifest.read_text()).get("build", {})
-    if build.get("mode") != "docker":
+    build = recorded_build(layout)
+    if importlib.util.find_spec("hailo_sdk_client") is not None or build.get("mode") != "docker":
         return None
     options = BuildOptions(variant=build["variant"], arch=build["arch"], seconds=build["seconds"],
                            seq_len=build["seq_len"], decoder=build.get("decoder", "hailo"), out=layout.root,

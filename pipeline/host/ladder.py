@@ -306,13 +306,9 @@ def _read_audio(eval_set: eval_speech.EvalSet):
 
 def build_decoder(layout: Layout) -> str:
     """The decoder a build deploys: "cached" where its manifest says the decoder runs on the CPU."""
-    if layout.manifest.is_file():
-        try:
-            on_cpu = json.loads(layout.manifest.read_text()).get("build", {}).get("decoder") == "cpu"
-        except ValueError:
-            on_cpu = False
-        return "cached" if on_cpu else "fixed"
-    return "fixed"
+    from pipeline.host.manifest import recorded_build
+
+    return "cached" if recorded_build(layout).get("decoder") == "cpu" else "fixed"
 
 
 def run_ladder(build_dir: str | Path, eval_set: eval_speech.EvalSet, rows: Sequence[str] = ROWS, *,

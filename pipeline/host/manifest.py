@@ -109,6 +109,15 @@ def _record_json(record: Optional[StageRecord]) -> Optional[dict]:
             "outputs": dict(record.outputs), "inputs": dict(record.inputs), "context": dict(record.context)}
 
 
+def recorded_build(layout: Layout) -> dict:
+    """The "build" entry of a finished build's manifest.json (variant, arch, mode, decoder, ...);
+    {} when there is no readable manifest."""
+    try:
+        return dict(json.loads(layout.manifest.read_text()).get("build") or {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
 def make_manifest(
     *,
     build_dir: Path,
